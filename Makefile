@@ -1,0 +1,54 @@
+# mdn-serve: `make install` once, then `make train export serve`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODELS ?= models
+RUNS ?= runs
+
+.PHONY: install install-cuda train export serve test lint proto lock clean help
+
+help:
+	@echo "make install   build $(VENV) from requirements.lock (server, trainer and dev tools)"
+	@echo "make train     train the default MDNs and least-squares baselines into $(RUNS)/"
+	@echo "make export    export ONNX models to $(MODELS)/<name>/<version>/, evaluate them, plot"
+	@echo "make test      lint, type-check and run the test suite"
+	@echo "make lint      ruff + mypy"
+	@echo "make clean     remove $(VENV), $(RUNS)/ and caches (keeps $(MODELS)/)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev]"
+	@touch $@
+
+# onnxruntime-gpu and onnxruntime both provide the `onnxruntime` module: swap one for the other.
+install-cuda: $(STAMP)
+	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[cuda]"
+
+train: $(STAMP)
+	$(BIN)/mdn-train --all --runs $(RUNS)
+
+export: $(STAMP)
+	$(BIN)/mdn-export --all --runs $(RUNS) --models $(MODELS)
+
+test: $(STAMP)
+	$(MAKE) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check server trainer tests
+	$(BIN)/ruff format --check server trainer tests
+	$(BIN)/mypy
+
+# Pin every installed package to the versions resolved now (run after changing pyproject.toml).
+lock: $(STAMP)
+	@echo "# Exact versions for \`make install\` (pip constraints). Regenerate with \`make lock\`." > requirements.lock
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' >> requirements.lock
+
+clean:
+	rm -rf $(VENV) $(RUNS) .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

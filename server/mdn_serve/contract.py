@@ -1,0 +1,129 @@
+"""The one contract between trainer and server: the exported ONNX graph and its metadata.
+
+Graph: input `x` float32 (B, in_dim) with dynamic B; outputs `weights` (B, K) with rows
+summing to 1, `means` (B, K, D) and `scales` (B, K, D) > 0, all in raw (unstandardised)
+units. The model's metadata property `mdn` holds a JSON object described by `ModelMetadata`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+INPUT_NAME = "x"
+OUTPUT_NAMES = ("weights", "means", "scales")
+METADATA_KEY = "mdn"
+SCHEMA_VERSION = 1
+MODEL_FILENAME = "model.onnx"
+
+
+class ContractError(ValueError):
+    """An ONNX file or its metadata does not follow the mdn-serve contract."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    version: str
+    task: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    components: int
+    raw: dict[str, Any]  # the whole JSON object, including config, metrics and kinematics
+
+    @property
+    def input_dim(self) -> int:
+        return len(self.input_names)
+
+    @property
+    def output_dim(self) -> int:
+        return len(self.output_names)
+
+    @property
+    def kinematics(self) -> dict[str, Any] | None:
+        kin = self.raw.get("kinematics")
+        return kin if isinstance(kin, dict) else None
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, sort_keys=True, allow_nan=False)
+
+
+def build_metadata(
+    *,
+    name: str,
+    version: str,
+    task: str,
+    input_names: list[str],
+    output_names: list[str],
+    components: int,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    kinematics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> ModelMetadata:
+    raw: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "task": task,
+        "input": INPUT_NAME,
+        "outputs": list(OUTPUT_NAMES),
+        "input_names": list(input_names),
+        "output_names": list(output_names),
+        "input_dim": len(input_names),
+        "output_dim": len(output_names),
+        "components": components,
+        "config": config,
+        "metrics": _finite(metrics),
+    }
+    if kinematics is not None:
+        raw["kinematics"] = kinematics
+    raw.update(extra or {})
+    return parse_metadata(json.dumps(raw, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def parse_metadata(text: str) -> ModelMetadata:
+    """Parse and check the `mdn` metadata JSON; ContractError says what is wrong."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"metadata '{METADATA_KEY}' is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ContractError(f"metadata '{METADATA_KEY}' must be a JSON object")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise ContractError(
+            f"metadata schema_version is {raw.get('schema_version')!r}, this server reads {SCHEMA_VERSION}"
+        )
+    for key, kind in (("name", str), ("version", str), ("task", str), ("components", int)):
+        if not isinstance(raw.get(key), kind):
+            raise ContractError(f"metadata field {key!r} must be a {kind.__name__}")
+    names = {}
+    for key in ("input_names", "output_names"):
+        value = raw.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ContractError(f"metadata field {key!r} must be a non-empty list of strings")
+        names[key] = tuple(value)
+    if raw["components"] < 1:
+        raise ContractError("metadata field 'components' must be >= 1")
+    return ModelMetadata(
+        name=raw["name"],
+        version=raw["version"],
+        task=raw["task"],
+        input_names=names["input_names"],
+        output_names=names["output_names"],
+        components=raw["components"],
+        raw=raw,
+    )

@@ -1,0 +1,211 @@
+"""Gaussian-mixture math on the outputs of an exported MDN (numpy only).
+
+Every function takes the three tensors the ONNX graph returns, in raw units:
+
+    weights  (B, K)      mixing coefficients, rows sum to 1
+    means    (B, K, D)   component means
+    scales   (B, K, D)   component standard deviations (diagonal covariance), > 0
+
+The server calls these at request time and the trainer's evaluation calls the same
+functions, so what is evaluated is exactly what is served. Everything is vectorised
+over the batch and the components; nothing loops over rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.floating]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def _logsumexp(a: FloatArray, axis: int) -> FloatArray:
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    out: FloatArray = np.log(np.sum(np.exp(a - peak), axis=axis)) + np.squeeze(peak, axis=axis)
+    return out
+
+
+def _component_log_density(points: FloatArray, means: FloatArray, scales: FloatArray) -> FloatArray:
+    """log N(points | mean_k, diag(scale_k^2)) for every point and component.
+
+    points (B, N, D), means and scales (B, K, D)  ->  (B, N, K)
+    """
+    z = (points[:, :, None, :] - means[:, None, :, :]) / scales[:, None, :, :]  # (B, N, K, D)
+    log_norm = -np.sum(np.log(scales), axis=-1) - 0.5 * means.shape[-1] * _LOG_2PI  # (B, K)
+    out: FloatArray = -0.5 * np.sum(z * z, axis=-1) + log_norm[:, None, :]
+    return out
+
+
+def log_density(
+    weights: FloatArray, means: FloatArray, scales: FloatArray, points: FloatArray
+) -> FloatArray:
+    """log p(y | x) of the mixture in each row at the given points.
+
+    points (B, D) -> (B,), or points (B, N, D) -> (B, N).
+    """
+    single = points.ndim == 2
+    pts = points[:, None, :] if single else points
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights.astype(np.float64))
+    comp = _component_log_density(pts.astype(np.float64), means.astype(np.float64), scales.astype(np.float64))
+    out = _logsumexp(comp + log_w[:, None, :], axis=-1)  # (B, N)
+    return out[:, 0] if single else out
+
+
+def tempered_weights(weights: FloatArray, temperature: float) -> FloatArray:
+    """Weights proportional to pi^(1/temperature), renormalised per row."""
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights.astype(np.float64)) / temperature
+    log_w -= _logsumexp(log_w, axis=-1)[:, None]
+    out: FloatArray = np.exp(log_w)
+    return out
+
+
+def sample_mixture(
+    weights: FloatArray,
+    means: FloatArray,
+    scales: FloatArray,
+    num_samples: int,
+    rng: np.random.Generator,
+    temperature: float = 1.0,
+) -> NDArray[np.float32]:
+    """Draw num_samples points from each row's mixture -> (B, N, D) float32.
+
+    Temperature tau reshapes the mixture: weights proportional to pi^(1/tau) and scales
+    times sqrt(tau). tau < 1 sharpens towards the dominant components, tau > 1 flattens.
+    The draws depend only on the inputs and the generator's state.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    batch, _, dim = means.shape
+    w = tempered_weights(weights, temperature)
+    cdf = np.cumsum(w, axis=-1)  # (B, K)
+    cdf[:, -1] = 1.0
+    u = rng.random((batch, num_samples))
+    # Inverse-CDF component choice, vectorised: count the cdf entries below each draw.
+    comp = np.sum(u[:, :, None] >= cdf[:, None, :-1], axis=-1)  # (B, N)
+    rows = np.arange(batch)[:, None]
+    mu = means[rows, comp]  # (B, N, D)
+    sigma = scales[rows, comp] * np.sqrt(temperature)
+    noise = rng.standard_normal((batch, num_samples, dim))
+    return (mu + sigma * noise).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Modes:
+    """Modes of each row's mixture, sorted by mass (largest first) and padded with NaN.
+
+    modes (B, M, D), log_density (B, M), mass (B, M), num_modes (B,) with M = max(num_modes).
+    """
+
+    modes: NDArray[np.float32]
+    log_density: NDArray[np.float32]
+    mass: NDArray[np.float32]
+    num_modes: NDArray[np.int32]
+
+
+def _fixed_point(
+    log_w: FloatArray, means: FloatArray, precisions: FloatArray, max_iter: int, tol: FloatArray
+) -> FloatArray:
+    """Iterate the mean-shift / EM fixed point from every component mean.
+
+    Update per dimension: x_d <- sum_k r_k mu_kd / s_kd^2  /  sum_k r_k / s_kd^2, where
+    r_k are the responsibilities at x. It increases p(x) at every step.
+    """
+    scales = 1.0 / np.sqrt(precisions)
+    x = means.copy()  # (B, S=K, D)
+    weighted_means = means * precisions  # (B, K, D)
+    active = np.ones(x.shape[:2], dtype=bool)
+    for _ in range(max_iter):
+        log_r = _component_log_density(x, means, scales) + log_w[:, None, :]  # (B, S, K)
+        log_r -= _logsumexp(log_r, axis=-1)[:, :, None]
+        r = np.exp(log_r)
+        num = np.einsum("bsk,bkd->bsd", r, weighted_means)
+        den = np.einsum("bsk,bkd->bsd", r, precisions)
+        new_x = num / den
+        step = np.max(np.abs(new_x - x) / tol, axis=-1)  # (B, S), in units of tol
+        x = np.where(active[:, :, None], new_x, x)
+        active &= step > 1.0
+        if not active.any():
+            break
+    return x
+
+
+def _is_local_max(log_w: FloatArray, means: FloatArray, precisions: FloatArray, x: FloatArray) -> NDArray[np.bool_]:
+    """True where the Hessian of p at x is negative definite (a mode, not a saddle)."""
+    scales = 1.0 / np.sqrt(precisions)
+    log_r = _component_log_density(x, means, scales) + log_w[:, None, :]
+    log_r -= _logsumexp(log_r, axis=-1)[:, :, None]
+    r = np.exp(log_r)  # (B, S, K)
+    grad = -(x[:, :, None, :] - means[:, None, :, :]) * precisions[:, None, :, :]  # (B, S, K, D)
+    outer = np.einsum("bsk,bskd,bske->bsde", r, grad, grad)
+    diag = np.einsum("bsk,bkd->bsd", r, precisions)
+    hessian = outer - np.einsum("bsd,de->bsde", diag, np.eye(x.shape[-1]))  # H / p(x)
+    eig = np.linalg.eigvalsh(hessian)
+    out: NDArray[np.bool_] = np.all(eig < 0.0, axis=-1)
+    return out
+
+
+def mixture_modes(
+    weights: FloatArray,
+    means: FloatArray,
+    scales: FloatArray,
+    max_modes: int = 0,
+    max_iter: int = 500,
+    tol: float = 1e-7,
+    merge_tol: float = 1e-3,
+    min_mass: float = 0.0,
+) -> Modes:
+    """Find the modes of each row's mixture by a fixed-point search from every component mean.
+
+    tol and merge_tol are relative to the smallest component scale of the row in each
+    dimension: the search stops when a step is below tol, and converged points closer than
+    merge_tol are one mode. Each mode carries its log-density and its mass, the summed
+    weight of the components whose search converged to it. Saddle points are discarded,
+    and so are modes whose mass is below min_mass. max_modes = 0 keeps all of them.
+    """
+    if max_modes < 0:
+        raise ValueError(f"max_modes must be >= 0, got {max_modes}")
+    w = weights.astype(np.float64)
+    mu = means.astype(np.float64)
+    sigma = scales.astype(np.float64)
+    batch, k, dim = mu.shape
+    with np.errstate(divide="ignore"):
+        log_w = np.log(w)
+    precisions = 1.0 / (sigma * sigma)
+    unit = np.min(sigma, axis=1)[:, None, :]  # (B, 1, D): the row's finest scale per dimension
+
+    x = _fixed_point(log_w, mu, precisions, max_iter, tol * unit)
+
+    # Merge starts that reached the same point: each start points at the first start close
+    # to it; pointer jumping then makes every chain end at its representative.
+    gap = np.max(np.abs(x[:, :, None, :] - x[:, None, :, :]) / unit[:, :, None, :], axis=-1)  # (B, S, S)
+    parent = np.argmax(gap < merge_tol, axis=-1)  # (B, S); the diagonal guarantees a hit
+    rows = np.arange(batch)[:, None]
+    for _ in range(max(1, int(np.ceil(np.log2(k))) + 1)):
+        parent = parent[rows, parent]
+    is_rep = parent == np.arange(k)[None, :]
+    mass = np.zeros((batch, k))
+    np.add.at(mass, (np.broadcast_to(rows, parent.shape), parent), w)
+
+    keep = is_rep & _is_local_max(log_w, mu, precisions, x) & (mass >= min_mass)
+    dens = log_density(w, mu, sigma, x)  # (B, S)
+
+    num_modes = keep.sum(axis=1).astype(np.int32)
+    if max_modes:
+        num_modes = np.minimum(num_modes, max_modes)
+    width = int(num_modes.max()) if batch else 0
+    # Sort the kept modes by mass (then density) first; dropped starts sink to the end.
+    order = np.lexsort((-dens, -mass, ~keep), axis=-1)[:, :width]  # (B, M)
+    valid = np.arange(width)[None, :] < num_modes[:, None]
+    out_modes = np.where(valid[:, :, None], x[rows, order], np.nan).astype(np.float32)
+    out_dens = np.where(valid, dens[rows, order], np.nan).astype(np.float32)
+    out_mass = np.where(valid, mass[rows, order], np.nan).astype(np.float32)
+    return Modes(out_modes, out_dens, out_mass, num_modes)

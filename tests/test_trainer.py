@@ -1,0 +1,149 @@
+"""Train and export small models end to end; check the ONNX contract from the trainer's side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from mdn_serve.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_metadata
+from mdn_train import export, train
+from mdn_train.export import restore_models
+
+from tests.conftest import SMALL
+
+
+def session_outputs(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+
+
+@pytest.mark.parametrize("name", ["inverse_sine", "two_link_arm"])
+def test_exported_graph_follows_the_contract_and_matches_pytorch(trained, name):
+    path = trained["models"] / name / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == [INPUT_NAME]
+    assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES)
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch
+
+    checkpoint = train.load_checkpoint(trained["runs"] / name / "checkpoint.pt")
+    _, mdn, _ = restore_models(checkpoint)
+    rng = np.random.default_rng(0)
+    for batch in (1, 1000):
+        x = (mdn.x_norm.mean.numpy() + mdn.x_norm.std.numpy() * rng.standard_normal((batch, mdn.in_dim)))
+        x = x.astype(np.float32)
+        w, m, s = session_outputs(path, x)
+        with torch.no_grad():
+            tw, tm, ts = (t.numpy() for t in mdn.mixture(torch.from_numpy(x)))
+        k, d = checkpoint["config"]["model"]["components"], len(checkpoint["output_names"])
+        assert w.shape == (batch, k) and m.shape == (batch, k, d) and s.shape == (batch, k, d)
+        np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+        assert (s > 0).all()
+        for got, want in ((w, tw), (m, tm), (s, ts)):
+            assert np.max(np.abs(got - want)) <= 1e-5
+
+
+def test_metadata_describes_the_model(trained):
+    model = onnx.load(str(trained["models"] / "two_link_arm" / "1" / "model.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = parse_metadata(props[METADATA_KEY])
+    assert (meta.name, meta.version, meta.task) == ("two_link_arm", "1", "two_link_arm")
+    assert meta.input_names == ("ee_x", "ee_y") and meta.output_names == ("theta1", "theta2")
+    assert meta.components == 4
+    assert meta.kinematics == {
+        "type": "planar_serial",
+        "link_lengths": [0.8, 0.2],
+        "joint_limits": [[0.3, 1.2], [-np.pi / 2, np.pi / 2]],
+    }
+    assert meta.raw["config"]["model"]["hidden"] == [16, 16]
+    for key in ("mdn_nll", "baseline_nll", "branch_coverage", "mdn_fk_error", "baseline_fk_error"):
+        assert key in meta.raw["metrics"]
+    toy = parse_metadata({p.key: p.value for p in onnx.load(str(trained["models"] / "inverse_sine" / "1" / "model.onnx")).metadata_props}[METADATA_KEY])
+    assert toy.kinematics is None and toy.input_names == ("t",) and "nll_gap" in toy.raw["metrics"]
+
+
+def test_reports_and_plots_are_written(trained):
+    for name, plots in (("inverse_sine", {"toy_density.png", "toy_weights.png"}),
+                        ("two_link_arm", {"arm_workspace_errors.png", "arm_solutions.png"})):
+        run = trained["runs"] / name
+        report = json.loads((run / "report.json").read_text())
+        assert report["model"] == name and set(report["plots"]) == plots
+        assert {p.name for p in (run / "plots").iterdir()} == plots
+        assert all((run / "plots" / p).stat().st_size > 10_000 for p in plots)
+        assert "| mdn_nll |" in (run / "report.md").read_text()
+    toy = json.loads((trained["runs"] / "inverse_sine" / "report.json").read_text())["metrics"]
+    assert toy["nll_gap"] == pytest.approx(toy["mdn_nll"] - toy["optimal_nll"])
+    assert toy["nll_gap"] > 0  # nothing beats the exact conditional
+
+
+def test_versions_count_up_and_existing_ones_are_refused(trained, tmp_path, capsys):
+    models = tmp_path / "models"
+    args = ["--name", "inverse_sine", "--runs", str(trained["runs"]), "--models", str(models), "--no-plots"]
+    assert export.main(args) == 0
+    assert export.main(args) == 0
+    assert sorted(p.name for p in (models / "inverse_sine").iterdir()) == ["1", "2"]
+    assert export.main([*args, "--version", "2"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert export.main([*args, "--version", "7"]) == 0
+    assert sorted(p.name for p in (models / "inverse_sine").iterdir()) == ["1", "2", "7"]
+    assert not [p for p in models.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_export_leaves_nothing_behind(trained, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(export, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        export.export_run(trained["runs"] / "inverse_sine", models, plots=False)
+    assert list(models.iterdir()) == []
+
+
+def test_user_table_trains_and_exports(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, 400)
+    rows = "\n".join(f"{u},{u * u + 0.01 * v},{v}" for u, v in zip(a, rng.normal(size=400), strict=True))
+    (tmp_path / "sq.csv").write_text("u,y,noise\n" + rows + "\n")
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    assert train.main(["--data", str(tmp_path / "sq.csv"), "--inputs", "y", "--targets", "u",
+                       "--name", "square_root", "--runs", str(runs), "--components", "2", *SMALL]) == 0
+    assert export.main(["--name", "square_root", "--runs", str(runs), "--models", str(models)]) == 0
+    meta = parse_metadata({p.key: p.value for p in onnx.load(str(models / "square_root" / "1" / "model.onnx")).metadata_props}[METADATA_KEY])
+    assert meta.task == "table" and meta.input_names == ("y",) and meta.output_names == ("u",)
+
+
+def run_cli(*args: str, cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["mdn_train.train", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["mdn_train.train", "--data", "missing.csv", "--inputs", "a", "--targets", "b"], "does not exist"),
+        (["mdn_train.train", "--data", "d.csv", "--inputs", "a", "--targets", "zz"], "no column(s) zz"),
+        (["mdn_train.train", "--data", "d.csv", "--inputs", "a", "--targets", "b"], "'x' is not a number"),
+        (["mdn_train.train", "--data", "empty.csv", "--inputs", "a", "--targets", "b"], "is empty"),
+        (["mdn_train.train", "--dataset", "inverse_sine", "--components", "0"], "components must be >= 1"),
+        (["mdn_train.train", "--dataset", "inverse_sine", "--hidden", "0"], "hidden widths must be >= 1"),
+        (["mdn_train.export", "--all"], "no trained runs"),
+        (["mdn_train.export", "--name", "ghost"], "no checkpoint"),
+    ],
+)
+def test_cli_errors_are_clear_and_write_nothing(tmp_path, args, message):
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n3,x\n")
+    (tmp_path / "empty.csv").write_text("")
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()

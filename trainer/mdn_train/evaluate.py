@@ -1,0 +1,184 @@
+"""Evaluate an exported model through ONNX Runtime and the server's mixture math."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from mdn_serve.contract import INPUT_NAME, OUTPUT_NAMES
+from mdn_serve.kinematics import PlanarArm
+from mdn_serve.mixture import log_density, mixture_modes
+from numpy.typing import NDArray
+
+from mdn_train.data import INVERSE_SINE_NOISE, Dataset, inverse_sine_forward
+
+Mixture = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
+Predictor = Callable[[NDArray[np.float32]], Mixture]
+Baseline = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+
+BRANCH_TOLERANCE = 0.05  # rad: a mode this close (Euclidean, joint space) covers an analytic branch
+
+
+class OnnxMixture:
+    """Runs an exported MDN: x (B, in_dim) -> weights, means, scales."""
+
+    def __init__(self, model: Path | bytes, chunk: int = 8192) -> None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(model) if isinstance(model, Path) else model, options, providers=["CPUExecutionProvider"]
+        )
+        self.chunk = chunk
+
+    def __call__(self, x: NDArray[np.float32]) -> Mixture:
+        parts = [
+            self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x[i : i + self.chunk])})
+            for i in range(0, len(x), self.chunk)
+        ]
+        w, m, s = (np.concatenate([p[j] for p in parts]) for j in range(3))
+        return w, m, s
+
+
+def gaussian_nll(pred: NDArray[np.floating], targets: NDArray[np.floating], std: NDArray[np.floating]) -> float:
+    """Mean NLL of targets under N(pred, diag(std^2)) (the least-squares model as a density)."""
+    z = (targets - pred) / std
+    per_row = 0.5 * np.sum(z * z + np.log(2 * np.pi * std * std), axis=-1)
+    return float(np.mean(per_row))
+
+
+def inverse_sine_optimal_nll(t: NDArray[np.floating], grid_size: int = 400_001) -> NDArray[np.float64]:
+    """-log p(x|t) of the exact conditional, uniform on {x in (0,1): |t - f(x)| <= noise}.
+
+    The set's length is measured on a dense grid of x; returns the NLL per t (the same for
+    every x in the set, so this is the best achievable NLL at that t).
+    """
+    grid = np.linspace(0.0, 1.0, grid_size)
+    f_sorted = np.sort(inverse_sine_forward(grid))
+    count = np.searchsorted(f_sorted, t + INVERSE_SINE_NOISE, side="right") - np.searchsorted(
+        f_sorted, t - INVERSE_SINE_NOISE, side="left"
+    )
+    length = np.maximum(count, 1) / grid_size
+    out: NDArray[np.float64] = np.log(length)
+    return out
+
+
+def _quantiles(errors: NDArray[np.floating]) -> dict[str, float]:
+    if errors.size == 0:
+        return {"median": float("nan"), "p95": float("nan"), "max": float("nan"), "mean": float("nan")}
+    return {
+        "median": float(np.median(errors)),
+        "p95": float(np.percentile(errors, 95)),
+        "max": float(np.max(errors)),
+        "mean": float(np.mean(errors)),
+    }
+
+
+def arm_metrics(
+    arm: PlanarArm, targets: NDArray[np.floating], modes: NDArray[np.floating], num_modes: NDArray[np.integer]
+) -> dict[str, Any]:
+    """Branch coverage and FK error of the returned modes against the closed-form IK."""
+    solutions, feasible = arm.two_link_ik(targets)  # (B, 2, J), (B, 2)
+    # Distance from each analytic branch to its nearest returned mode (NaN padding is ignored).
+    gap = np.linalg.norm(solutions[:, :, None, :] - modes[:, None, :, :], axis=-1)  # (B, 2, M)
+    nearest = np.min(np.where(np.isnan(gap), np.inf, gap), axis=-1, initial=np.inf)  # (B, 2)
+    covered = np.all(~feasible | (nearest <= BRANCH_TOLERANCE), axis=-1)
+    valid = ~np.isnan(modes[..., 0])
+    fk_error = np.linalg.norm(arm.forward(modes) - targets[:, None, :], axis=-1)[valid]
+    within = arm.within_limits(modes, slack=1e-3)[valid]
+    # Precision: the fraction of returned modes that lie near some feasible analytic branch.
+    near_gap = np.where(feasible[:, :, None], gap, np.inf)
+    near = (np.min(near_gap, axis=1) <= BRANCH_TOLERANCE)[valid]
+    return {
+        "num_targets": len(targets),
+        "branch_coverage": float(np.mean(covered)),
+        "targets_with_two_feasible_branches": float(np.mean(feasible.sum(-1) == 2)),
+        "mean_modes_per_target": float(np.mean(num_modes)),
+        "mode_precision": float(np.mean(near)) if near.size else float("nan"),
+        "modes_within_joint_limits": float(np.mean(within)) if within.size else float("nan"),
+        "mdn_fk_error": _quantiles(fk_error),
+    }
+
+
+def evaluate(
+    predict: Predictor, baseline: Baseline, baseline_std: NDArray[np.floating], test: Dataset
+) -> dict[str, Any]:
+    """Held-out metrics of the exported MDN and the least-squares baseline."""
+    x, y = test.inputs, test.targets
+    w, m, s = predict(x)
+    metrics: dict[str, Any] = {
+        "num_test": len(x),
+        "mdn_nll": float(-np.mean(log_density(w, m, s, y))),
+        "baseline_nll": gaussian_nll(baseline(x), y, baseline_std),
+    }
+    if test.task == "inverse_sine":
+        best = float(np.mean(inverse_sine_optimal_nll(x[:, 0].astype(np.float64))))
+        metrics["optimal_nll"] = best
+        metrics["nll_gap"] = metrics["mdn_nll"] - best
+    if test.arm is not None and test.arm.num_joints == 2:
+        modes = mixture_modes(w, m, s)
+        metrics.update(arm_metrics(test.arm, x.astype(np.float64), modes.modes, modes.num_modes))
+        ls_fk = np.linalg.norm(test.arm.forward(baseline(x).astype(np.float64)) - x, axis=-1)
+        metrics["baseline_fk_error"] = _quantiles(ls_fk)
+    return metrics
+
+
+ARM_TARGETS = {"branch_coverage": (">=", 0.98), "mdn_fk_error.median": ("<=", 0.001), "mdn_fk_error.p95": ("<=", 0.005)}
+TOY_TARGETS = {"nll_gap": ("<=", 0.12)}
+
+
+def _lookup(metrics: dict[str, Any], dotted: str) -> Any:
+    value: Any = metrics
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def target_checks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each project target that applies to these metrics, with whether it was met."""
+    targets = {**(ARM_TARGETS if "branch_coverage" in metrics else {}), **(TOY_TARGETS if "nll_gap" in metrics else {})}
+    checks = []
+    for key, (op, bound) in targets.items():
+        value = _lookup(metrics, key)
+        met = value is not None and (value >= bound if op == ">=" else value <= bound)
+        checks.append({"metric": key, "target": f"{op} {bound}", "value": value, "met": bool(met)})
+    return checks
+
+
+def write_report(run_dir: Path, model_name: str, version: str, metrics: dict[str, Any], plots: list[Path]) -> None:
+    """runs/<model>/report.json and report.md."""
+    checks = target_checks(metrics)
+    report = {"model": model_name, "version": version, "metrics": metrics, "targets": checks,
+              "plots": [p.name for p in plots]}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    lines = [f"# Evaluation: {model_name} version {version}", "",
+             f"Held-out test set of {metrics['num_test']} rows, exported ONNX model run through ONNX Runtime.", "",
+             "| metric | value |", "|---|---|"]
+    for key, value in _flatten(metrics):
+        lines.append(f"| {key} | {_fmt(value)} |")
+    if checks:
+        lines += ["", "## Targets", "", "| metric | target | value | met |", "|---|---|---|---|"]
+        lines += [f"| {c['metric']} | {c['target']} | {_fmt(c['value'])} | {'yes' if c['met'] else 'no'} |"
+                  for c in checks]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((prefix + key, value))
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return str(value)

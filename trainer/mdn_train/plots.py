@@ -1,0 +1,126 @@
+"""PNG plots of a trained model (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from mdn_serve.kinematics import PlanarArm  # noqa: E402
+from mdn_serve.mixture import log_density, mixture_modes  # noqa: E402
+from numpy.typing import NDArray  # noqa: E402
+
+from mdn_train.data import Dataset  # noqa: E402
+
+Mixture = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
+Predictor = Callable[[NDArray[np.float32]], Mixture]
+Baseline = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+
+
+def make_plots(out_dir: Path, test: Dataset, predict: Predictor, baseline: Baseline) -> list[Path]:
+    """The plots that apply to this dataset; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if test.task == "inverse_sine":
+        return [_toy_density(out_dir, test, predict, baseline), _toy_weights(out_dir, test, predict)]
+    if test.arm is not None and test.arm.num_joints == 2:
+        return [_arm_errors(out_dir, test, predict, baseline), _arm_solutions(out_dir, test, predict, baseline)]
+    return []
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _toy_density(out_dir: Path, test: Dataset, predict: Predictor, baseline: Baseline) -> Path:
+    t = np.linspace(test.inputs.min(), test.inputs.max(), 300, dtype=np.float32)[:, None]
+    xs = np.linspace(-0.1, 1.1, 300)
+    w, m, s = predict(t)
+    grid = np.broadcast_to(xs[None, :, None], (len(t), len(xs), 1))
+    density = np.exp(log_density(w, m, s, grid))  # (T, X)
+    modes = mixture_modes(w, m, s)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    ax = axes[0]
+    ax.scatter(test.inputs[:, 0], test.targets[:, 0], s=2, alpha=0.3, color="0.4", label="held-out data")
+    ax.plot(t[:, 0], baseline(t)[:, 0], color="tab:red", lw=2, label="least squares (conditional mean)")
+    ax.set(xlabel="t (input)", ylabel="x (target)", title="Least squares averages the branches")
+    ax.legend(loc="upper left")
+    ax = axes[1]
+    ax.pcolormesh(t[:, 0], xs, density.T, shading="auto", cmap="viridis", vmax=np.percentile(density, 99.5))
+    tt = np.broadcast_to(t[:, None, :], modes.modes.shape[:2] + (1,))
+    ax.scatter(tt[..., 0], modes.modes[..., 0], s=3, color="white", label="modes of p(x|t)")
+    ax.set(xlabel="t (input)", title="MDN conditional density p(x|t) and its modes")
+    ax.legend(loc="upper left")
+    return _save(fig, out_dir / "toy_density.png")
+
+
+def _toy_weights(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
+    t = np.linspace(test.inputs.min(), test.inputs.max(), 300, dtype=np.float32)[:, None]
+    w, _, _ = predict(t)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in range(w.shape[1]):
+        ax.plot(t[:, 0], w[:, k], label=f"pi_{k}")
+    ax.set(xlabel="t (input)", ylabel="mixing coefficient", title="Mixing coefficients against the input")
+    ax.legend(ncol=2, fontsize="small")
+    return _save(fig, out_dir / "toy_weights.png")
+
+
+def _arm_errors(out_dir: Path, test: Dataset, predict: Predictor, baseline: Baseline) -> Path:
+    arm = test.arm
+    assert arm is not None
+    x = test.inputs[:3000]
+    ls_err = np.linalg.norm(arm.forward(baseline(x).astype(np.float64)) - x, axis=-1)
+    w, m, s = predict(x)
+    modes = mixture_modes(w, m, s)
+    mdn_err = np.linalg.norm(arm.forward(modes.modes[:, 0].astype(np.float64)) - x, axis=-1)
+    low = max(1e-6, float(min(ls_err.min(), mdn_err.min())))
+    norm = LogNorm(vmin=low, vmax=max(float(ls_err.max()), float(mdn_err.max()), low * 10))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, err, title in (
+        (axes[0], ls_err, "least squares"),
+        (axes[1], mdn_err, "MDN (highest-mass mode)"),
+    ):
+        sc = ax.scatter(x[:, 0], x[:, 1], c=err, s=4, cmap="magma", norm=norm)
+        ax.set(xlabel="ee_x", title=f"{title}: median FK error {np.median(err):.2g}", aspect="equal")
+    axes[0].set_ylabel("ee_y")
+    fig.colorbar(sc, ax=axes, label="end-effector position error", shrink=0.8)
+    fig.savefig(out_dir / "arm_workspace_errors.png", dpi=110)
+    plt.close(fig)
+    return out_dir / "arm_workspace_errors.png"
+
+
+def _draw_arm(ax: plt.Axes, arm: PlanarArm, angles: NDArray[np.floating], **style: object) -> None:
+    cumulative = np.cumsum(angles)
+    lengths = np.asarray(arm.link_lengths)
+    joints = np.vstack([[0.0, 0.0], np.cumsum(np.stack([lengths * np.cos(cumulative),
+                                                        lengths * np.sin(cumulative)], 1), 0)])
+    ax.plot(joints[:, 0], joints[:, 1], marker="o", ms=3, **style)  # type: ignore[arg-type]
+
+
+def _arm_solutions(out_dir: Path, test: Dataset, predict: Predictor, baseline: Baseline) -> Path:
+    arm = test.arm
+    assert arm is not None
+    _, feasible = arm.two_link_ik(test.inputs.astype(np.float64))
+    both = np.flatnonzero(feasible.all(-1))[:4]
+    x = test.inputs[both]
+    w, m, s = predict(x)
+    modes = mixture_modes(w, m, s)
+    ls = baseline(x)
+    fig, axes = plt.subplots(1, len(both), figsize=(4 * max(1, len(both)), 4.2), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        for j in range(int(modes.num_modes[i])):
+            _draw_arm(ax, arm, modes.modes[i, j], color=f"C{j}", lw=2,
+                      label=f"MDN mode {j + 1} (mass {modes.mass[i, j]:.2f})")
+        _draw_arm(ax, arm, ls[i], color="tab:red", lw=1.5, ls="--", label="least squares")
+        ax.plot(*x[i], marker="*", ms=14, color="k", ls="none", label="target")
+        ax.set(aspect="equal", xlim=(-0.1, 1.05), ylim=(-0.1, 1.05), title=f"target ({x[i, 0]:.2f}, {x[i, 1]:.2f})")
+        ax.legend(fontsize="x-small", loc="upper left")
+    return _save(fig, out_dir / "arm_solutions.png")
