@@ -7,12 +7,16 @@ MODELS ?= models
 RUNS ?= runs
 
 .PHONY: install install-cuda train export serve test lint proto lock clean help
+PROTO_OUT := server/mdn_serve/_proto
+PROTOS := $(wildcard proto/mdn/v1/*.proto)
 
 help:
 	@echo "make install   build $(VENV) from requirements.lock (server, trainer and dev tools)"
 	@echo "make train     train the default MDNs and least-squares baselines into $(RUNS)/"
 	@echo "make export    export ONNX models to $(MODELS)/<name>/<version>/, evaluate them, plot"
+	@echo "make serve     serve $(MODELS)/ over gRPC on :8001, Prometheus metrics on :8002"
 	@echo "make test      lint, type-check and run the test suite"
+	@echo "make proto     regenerate $(PROTO_OUT) from proto/"
 	@echo "make lint      ruff + mypy"
 	@echo "make clean     remove $(VENV), $(RUNS)/ and caches (keeps $(MODELS)/)"
 
@@ -34,6 +38,13 @@ train: $(STAMP)
 
 export: $(STAMP)
 	$(BIN)/mdn-export --all --runs $(RUNS) --models $(MODELS)
+
+serve: $(STAMP)
+	$(BIN)/mdn-serve --model-repository $(MODELS)
+
+# Generated code lives in $(PROTO_OUT) only; tests/test_proto.py fails if it drifts from proto/.
+proto: $(STAMP)
+	$(BIN)/python -m mdn_serve.protogen $(PROTO_OUT)
 
 test: $(STAMP)
 	$(MAKE) lint

@@ -37,7 +37,7 @@ def test_exported_graph_follows_the_contract_and_matches_pytorch(trained, name):
     _, mdn, _ = restore_models(checkpoint)
     rng = np.random.default_rng(0)
     for batch in (1, 1000):
-        x = (mdn.x_norm.mean.numpy() + mdn.x_norm.std.numpy() * rng.standard_normal((batch, mdn.in_dim)))
+        x = mdn.x_norm.mean.numpy() + mdn.x_norm.std.numpy() * rng.standard_normal((batch, mdn.in_dim))
         x = x.astype(np.float32)
         w, m, s = session_outputs(path, x)
         with torch.no_grad():
@@ -56,22 +56,29 @@ def test_metadata_describes_the_model(trained):
     meta = parse_metadata(props[METADATA_KEY])
     assert (meta.name, meta.version, meta.task) == ("two_link_arm", "1", "two_link_arm")
     assert meta.input_names == ("ee_x", "ee_y") and meta.output_names == ("theta1", "theta2")
-    assert meta.components == 4
+    assert meta.components == 3
     assert meta.kinematics == {
         "type": "planar_serial",
         "link_lengths": [0.8, 0.2],
         "joint_limits": [[0.3, 1.2], [-np.pi / 2, np.pi / 2]],
     }
-    assert meta.raw["config"]["model"]["hidden"] == [16, 16]
+    assert meta.raw["config"]["model"]["hidden"] == [64, 64]
     for key in ("mdn_nll", "baseline_nll", "branch_coverage", "mdn_fk_error", "baseline_fk_error"):
         assert key in meta.raw["metrics"]
-    toy = parse_metadata({p.key: p.value for p in onnx.load(str(trained["models"] / "inverse_sine" / "1" / "model.onnx")).metadata_props}[METADATA_KEY])
+    toy = parse_metadata(
+        {
+            p.key: p.value
+            for p in onnx.load(str(trained["models"] / "inverse_sine" / "1" / "model.onnx")).metadata_props
+        }[METADATA_KEY]
+    )
     assert toy.kinematics is None and toy.input_names == ("t",) and "nll_gap" in toy.raw["metrics"]
 
 
 def test_reports_and_plots_are_written(trained):
-    for name, plots in (("inverse_sine", {"toy_density.png", "toy_weights.png"}),
-                        ("two_link_arm", {"arm_workspace_errors.png", "arm_solutions.png"})):
+    for name, plots in (
+        ("inverse_sine", {"toy_density.png", "toy_weights.png"}),
+        ("two_link_arm", {"arm_workspace_errors.png", "arm_solutions.png"}),
+    ):
         run = trained["runs"] / name
         report = json.loads((run / "report.json").read_text())
         assert report["model"] == name and set(report["plots"]) == plots
@@ -114,10 +121,32 @@ def test_user_table_trains_and_exports(tmp_path):
     rows = "\n".join(f"{u},{u * u + 0.01 * v},{v}" for u, v in zip(a, rng.normal(size=400), strict=True))
     (tmp_path / "sq.csv").write_text("u,y,noise\n" + rows + "\n")
     runs, models = tmp_path / "runs", tmp_path / "models"
-    assert train.main(["--data", str(tmp_path / "sq.csv"), "--inputs", "y", "--targets", "u",
-                       "--name", "square_root", "--runs", str(runs), "--components", "2", *SMALL]) == 0
+    assert (
+        train.main(
+            [
+                "--data",
+                str(tmp_path / "sq.csv"),
+                "--inputs",
+                "y",
+                "--targets",
+                "u",
+                "--name",
+                "square_root",
+                "--runs",
+                str(runs),
+                "--components",
+                "2",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert export.main(["--name", "square_root", "--runs", str(runs), "--models", str(models)]) == 0
-    meta = parse_metadata({p.key: p.value for p in onnx.load(str(models / "square_root" / "1" / "model.onnx")).metadata_props}[METADATA_KEY])
+    meta = parse_metadata(
+        {p.key: p.value for p in onnx.load(str(models / "square_root" / "1" / "model.onnx")).metadata_props}[
+            METADATA_KEY
+        ]
+    )
     assert meta.task == "table" and meta.input_names == ("y",) and meta.output_names == ("u",)
 
 

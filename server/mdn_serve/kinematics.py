@@ -21,9 +21,7 @@ class PlanarArm:
         if len(self.link_lengths) < 1:
             raise ValueError("an arm needs at least one link")
         if len(self.joint_limits) != len(self.link_lengths):
-            raise ValueError(
-                f"{len(self.link_lengths)} link lengths but {len(self.joint_limits)} joint limits"
-            )
+            raise ValueError(f"{len(self.link_lengths)} link lengths but {len(self.joint_limits)} joint limits")
         if any(not length > 0 for length in self.link_lengths):
             raise ValueError(f"link lengths must be > 0, got {list(self.link_lengths)}")
         for low, high in self.joint_limits:
@@ -67,9 +65,7 @@ class PlanarArm:
     def within_limits(self, angles: FloatArray, slack: float = 0.0) -> NDArray[np.bool_]:
         """True where every joint angle (..., J) lies inside its limits (widened by slack)."""
         limits = np.asarray(self.joint_limits)
-        out: NDArray[np.bool_] = np.all(
-            (angles >= limits[:, 0] - slack) & (angles <= limits[:, 1] + slack), axis=-1
-        )
+        out: NDArray[np.bool_] = np.all((angles >= limits[:, 0] - slack) & (angles <= limits[:, 1] + slack), axis=-1)
         return out
 
     def two_link_ik(self, targets: FloatArray) -> tuple[FloatArray, NDArray[np.bool_]]:

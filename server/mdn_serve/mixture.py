@@ -41,9 +41,7 @@ def _component_log_density(points: FloatArray, means: FloatArray, scales: FloatA
     return out
 
 
-def log_density(
-    weights: FloatArray, means: FloatArray, scales: FloatArray, points: FloatArray
-) -> FloatArray:
+def log_density(weights: FloatArray, means: FloatArray, scales: FloatArray, points: FloatArray) -> FloatArray:
     """log p(y | x) of the mixture in each row at the given points.
 
     points (B, D) -> (B,), or points (B, N, D) -> (B, N).
@@ -95,7 +93,11 @@ def sample_mixture(
     mu = means[rows, comp]  # (B, N, D)
     sigma = scales[rows, comp] * np.sqrt(temperature)
     noise = rng.standard_normal((batch, num_samples, dim))
-    return (mu + sigma * noise).astype(np.float32)
+    out: NDArray[np.float32] = (mu + sigma * noise).astype(np.float32)
+    return out
+
+
+DEFAULT_MIN_MASS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def mixture_modes(
     max_iter: int = 500,
     tol: float = 1e-7,
     merge_tol: float = 1e-3,
-    min_mass: float = 0.0,
+    min_mass: float = DEFAULT_MIN_MASS,
 ) -> Modes:
     """Find the modes of each row's mixture by a fixed-point search from every component mean.
 
@@ -169,14 +171,16 @@ def mixture_modes(
     dimension: the search stops when a step is below tol, and converged points closer than
     merge_tol are one mode. Each mode carries its log-density and its mass, the summed
     weight of the components whose search converged to it. Saddle points are discarded,
-    and so are modes whose mass is below min_mass. max_modes = 0 keeps all of them.
+    and so are modes whose mass is below min_mass: a trained MDN parks the components it
+    does not need at near-zero weight, anywhere, and their means are not answers.
+    max_modes = 0 keeps all of them.
     """
     if max_modes < 0:
         raise ValueError(f"max_modes must be >= 0, got {max_modes}")
     w = weights.astype(np.float64)
     mu = means.astype(np.float64)
     sigma = scales.astype(np.float64)
-    batch, k, dim = mu.shape
+    batch, k, _dim = mu.shape
     with np.errstate(divide="ignore"):
         log_w = np.log(w)
     precisions = 1.0 / (sigma * sigma)

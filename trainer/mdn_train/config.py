@@ -119,15 +119,15 @@ def default_config(dataset: str) -> RunConfig:
         return RunConfig(
             name="inverse_sine",
             data=DataConfig(dataset="inverse_sine", num_samples=20_000),
-            model=ModelConfig(components=8, hidden=(64, 64), activation="tanh"),
-            train=TrainConfig(epochs=250, batch_size=256, learning_rate=3e-3, patience=40),
+            model=ModelConfig(components=10, hidden=(64, 64), activation="tanh"),
+            train=TrainConfig(epochs=400, batch_size=256, learning_rate=3e-3, patience=60),
         )
     if dataset == "two_link_arm":
         return RunConfig(
             name="two_link_arm",
             data=DataConfig(dataset="two_link_arm", num_samples=60_000),
-            model=ModelConfig(components=4, hidden=(128, 128, 128), activation="tanh", scale_floor=1e-4),
-            train=TrainConfig(epochs=200, batch_size=256, learning_rate=2e-3, patience=40),
+            model=ModelConfig(components=3, hidden=(128, 128, 128), activation="tanh", scale_floor=1e-4),
+            train=TrainConfig(epochs=500, batch_size=512, learning_rate=2e-3, patience=40),
         )
     raise TrainerError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
 

@@ -123,9 +123,7 @@ def _read_csv(path: Path, wanted: tuple[str, ...]) -> dict[str, NDArray[np.float
             raise TrainerError(f"data file {path} is empty") from None
         missing = [c for c in wanted if c not in header]
         if missing:
-            raise TrainerError(
-                f"{path} has no column(s) {', '.join(missing)}; it has: {', '.join(header)}"
-            )
+            raise TrainerError(f"{path} has no column(s) {', '.join(missing)}; it has: {', '.join(header)}")
         index = [header.index(c) for c in wanted]
         values: list[list[float]] = [[] for _ in wanted]
         for line_no, row in enumerate(reader, start=2):

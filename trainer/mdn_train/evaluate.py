@@ -126,7 +126,11 @@ def evaluate(
     return metrics
 
 
-ARM_TARGETS = {"branch_coverage": (">=", 0.98), "mdn_fk_error.median": ("<=", 0.001), "mdn_fk_error.p95": ("<=", 0.005)}
+ARM_TARGETS = {
+    "branch_coverage": (">=", 0.98),
+    "mdn_fk_error.median": ("<=", 0.001),
+    "mdn_fk_error.p95": ("<=", 0.005),
+}
 TOY_TARGETS = {"nll_gap": ("<=", 0.12)}
 
 
@@ -139,7 +143,10 @@ def _lookup(metrics: dict[str, Any], dotted: str) -> Any:
 
 def target_checks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Each project target that applies to these metrics, with whether it was met."""
-    targets = {**(ARM_TARGETS if "branch_coverage" in metrics else {}), **(TOY_TARGETS if "nll_gap" in metrics else {})}
+    targets = {
+        **(ARM_TARGETS if "branch_coverage" in metrics else {}),
+        **(TOY_TARGETS if "nll_gap" in metrics else {}),
+    }
     checks = []
     for key, (op, bound) in targets.items():
         value = _lookup(metrics, key)
@@ -151,18 +158,29 @@ def target_checks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 def write_report(run_dir: Path, model_name: str, version: str, metrics: dict[str, Any], plots: list[Path]) -> None:
     """runs/<model>/report.json and report.md."""
     checks = target_checks(metrics)
-    report = {"model": model_name, "version": version, "metrics": metrics, "targets": checks,
-              "plots": [p.name for p in plots]}
+    report = {
+        "model": model_name,
+        "version": version,
+        "metrics": metrics,
+        "targets": checks,
+        "plots": [p.name for p in plots],
+    }
     (run_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    lines = [f"# Evaluation: {model_name} version {version}", "",
-             f"Held-out test set of {metrics['num_test']} rows, exported ONNX model run through ONNX Runtime.", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"# Evaluation: {model_name} version {version}",
+        "",
+        f"Held-out test set of {metrics['num_test']} rows, exported ONNX model run through ONNX Runtime.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     for key, value in _flatten(metrics):
         lines.append(f"| {key} | {_fmt(value)} |")
     if checks:
         lines += ["", "## Targets", "", "| metric | target | value | met |", "|---|---|---|---|"]
-        lines += [f"| {c['metric']} | {c['target']} | {_fmt(c['value'])} | {'yes' if c['met'] else 'no'} |"
-                  for c in checks]
+        lines += [
+            f"| {c['metric']} | {c['target']} | {_fmt(c['value'])} | {'yes' if c['met'] else 'no'} |" for c in checks
+        ]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -161,8 +161,14 @@ def _test_split(run: RunConfig, checkpoint: dict[str, Any]) -> Dataset:
     """Rebuild the held-out split exactly as training made it (data and splits are seeded)."""
     test = split(make_dataset(run.data), run.data).test
     if checkpoint["kinematics"] is not None and test.arm is None:
-        return Dataset(test.inputs, test.targets, test.input_names, test.target_names, test.task,
-                       PlanarArm.from_metadata(checkpoint["kinematics"]))
+        return Dataset(
+            test.inputs,
+            test.targets,
+            test.input_names,
+            test.target_names,
+            test.task,
+            PlanarArm.from_metadata(checkpoint["kinematics"]),
+        )
     return test
 
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from mdn_serve.kinematics import PlanarArm  # noqa: E402
-from mdn_serve.mixture import log_density, mixture_modes  # noqa: E402
-from numpy.typing import NDArray  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm, PowerNorm
+from matplotlib.figure import Figure
+from mdn_serve.kinematics import PlanarArm
+from mdn_serve.mixture import log_density, mixture_modes
+from numpy.typing import NDArray
 
-from mdn_train.data import Dataset  # noqa: E402
+from mdn_train.data import Dataset
 
 Mixture = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
 Predictor = Callable[[NDArray[np.float32]], Mixture]
@@ -28,11 +31,14 @@ def make_plots(out_dir: Path, test: Dataset, predict: Predictor, baseline: Basel
     if test.task == "inverse_sine":
         return [_toy_density(out_dir, test, predict, baseline), _toy_weights(out_dir, test, predict)]
     if test.arm is not None and test.arm.num_joints == 2:
-        return [_arm_errors(out_dir, test, predict, baseline), _arm_solutions(out_dir, test, predict, baseline)]
+        return [
+            _arm_errors(out_dir, test, predict, baseline),
+            _arm_solutions(out_dir, test, predict, baseline),
+        ]
     return []
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -54,8 +60,8 @@ def _toy_density(out_dir: Path, test: Dataset, predict: Predictor, baseline: Bas
     ax.set(xlabel="t (input)", ylabel="x (target)", title="Least squares averages the branches")
     ax.legend(loc="upper left")
     ax = axes[1]
-    ax.pcolormesh(t[:, 0], xs, density.T, shading="auto", cmap="viridis", vmax=np.percentile(density, 99.5))
-    tt = np.broadcast_to(t[:, None, :], modes.modes.shape[:2] + (1,))
+    ax.pcolormesh(t[:, 0], xs, density.T, shading="auto", cmap="viridis", norm=PowerNorm(0.5))
+    tt = np.broadcast_to(t[:, None, :], (*modes.modes.shape[:2], 1))
     ax.scatter(tt[..., 0], modes.modes[..., 0], s=3, color="white", label="modes of p(x|t)")
     ax.set(xlabel="t (input)", title="MDN conditional density p(x|t) and its modes")
     ax.legend(loc="upper left")
@@ -97,12 +103,13 @@ def _arm_errors(out_dir: Path, test: Dataset, predict: Predictor, baseline: Base
     return out_dir / "arm_workspace_errors.png"
 
 
-def _draw_arm(ax: plt.Axes, arm: PlanarArm, angles: NDArray[np.floating], **style: object) -> None:
+def _draw_arm(ax: Axes, arm: PlanarArm, angles: NDArray[np.floating], **style: Any) -> None:
     cumulative = np.cumsum(angles)
     lengths = np.asarray(arm.link_lengths)
-    joints = np.vstack([[0.0, 0.0], np.cumsum(np.stack([lengths * np.cos(cumulative),
-                                                        lengths * np.sin(cumulative)], 1), 0)])
-    ax.plot(joints[:, 0], joints[:, 1], marker="o", ms=3, **style)  # type: ignore[arg-type]
+    joints = np.vstack(
+        [[0.0, 0.0], np.cumsum(np.stack([lengths * np.cos(cumulative), lengths * np.sin(cumulative)], 1), 0)]
+    )
+    ax.plot(joints[:, 0], joints[:, 1], marker="o", ms=3, **style)
 
 
 def _arm_solutions(out_dir: Path, test: Dataset, predict: Predictor, baseline: Baseline) -> Path:
@@ -117,10 +124,21 @@ def _arm_solutions(out_dir: Path, test: Dataset, predict: Predictor, baseline: B
     fig, axes = plt.subplots(1, len(both), figsize=(4 * max(1, len(both)), 4.2), squeeze=False)
     for i, ax in enumerate(axes[0]):
         for j in range(int(modes.num_modes[i])):
-            _draw_arm(ax, arm, modes.modes[i, j], color=f"C{j}", lw=2,
-                      label=f"MDN mode {j + 1} (mass {modes.mass[i, j]:.2f})")
+            _draw_arm(
+                ax,
+                arm,
+                modes.modes[i, j],
+                color=f"C{j}",
+                lw=2,
+                label=f"MDN mode {j + 1} (mass {modes.mass[i, j]:.2f})",
+            )
         _draw_arm(ax, arm, ls[i], color="tab:red", lw=1.5, ls="--", label="least squares")
         ax.plot(*x[i], marker="*", ms=14, color="k", ls="none", label="target")
-        ax.set(aspect="equal", xlim=(-0.1, 1.05), ylim=(-0.1, 1.05), title=f"target ({x[i, 0]:.2f}, {x[i, 1]:.2f})")
+        ax.set(
+            aspect="equal",
+            xlim=(-0.1, 1.05),
+            ylim=(-0.1, 1.05),
+            title=f"target ({x[i, 0]:.2f}, {x[i, 1]:.2f})",
+        )
         ax.legend(fontsize="x-small", loc="upper left")
     return _save(fig, out_dir / "arm_solutions.png")

@@ -237,9 +237,7 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
             "target_columns": args.targets or (),
         }
         bases = [
-            RunConfig.from_dict(
-                {**base.to_dict(), "name": args.data.stem, "data": {**base.to_dict()["data"], **data}}
-            )
+            RunConfig.from_dict({**base.to_dict(), "name": args.data.stem, "data": {**base.to_dict()["data"], **data}})
         ]
     configs = [with_overrides(b, **overrides) for b in bases]
     if args.name:

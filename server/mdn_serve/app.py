@@ -1,0 +1,137 @@
+"""The server's lifecycle: bind, load and warm up models, report SERVING, drain, stop. `mdn-serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
+from mdn_serve.config import Settings, parse_settings
+from mdn_serve.dataplane import Dataplane, Limits
+from mdn_serve.errors import MdnError
+from mdn_serve.grpc_service import SERVICE_NAME, MdnServicer
+from mdn_serve.metrics import Metrics
+from mdn_serve.repository import ModelRepository
+from mdn_serve.runtime import choose_providers
+
+log = logging.getLogger("mdn_serve")
+
+OVERALL = ""  # the health service's name for the server as a whole
+
+
+class MdnServer:
+    """One gRPC server with the mdn.v1 service, health, reflection and a metrics endpoint."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.dataplane = Dataplane(
+            self.metrics, Limits(settings.max_rows, settings.max_samples), settings.compute_threads
+        )
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._metrics_server: Any = None
+        size = settings.max_message_bytes
+        self.server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+        )
+        servicer = MdnServicer(self.dataplane, size // 4)
+        pb_grpc.add_MixtureDensityServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+
+    async def start(self) -> None:
+        """Bind and answer health checks (NOT_SERVING), load and warm every model, then SERVING."""
+        s = self.settings
+        for name in (OVERALL, SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise MdnError(f"cannot bind {s.host}:{s.port} (in use?)")
+        await self.server.start()
+        log.info("listening on %s:%d (gRPC)", s.host, self.port)
+        if s.metrics_port >= 0:
+            self._metrics_server, _ = start_http_server(s.metrics_port, s.metrics_host, registry=self.metrics.registry)
+            self.metrics_port = self._metrics_server.server_port
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
+
+        providers = choose_providers(s.device)
+        log.info("device %s: execution providers %s", s.device, providers)
+        repository = await asyncio.to_thread(
+            ModelRepository.load, s.model_repository, providers, s.intra_op_threads, s.inter_op_threads
+        )
+        self.dataplane.set_repository(repository)
+        for name, entry in sorted(repository.models.items()):
+            latest = entry.latest
+            log.info("model %s: versions %s, provider %s", name, ",".join(entry.version_list), latest.provider)
+        for name in (OVERALL, SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("SERVING %d model(s) on %s:%d", len(repository.models), s.host, self.port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first, then stop taking calls and let in-flight ones finish within grace."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self.dataplane.close()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    server = MdnServer(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(0)
+        raise
+    await stopping.wait()
+    log.info("shutting down: finishing in-flight requests (grace %.1f s)", settings.grace_seconds)
+    await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(settings))
+    except MdnError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:  # e.g. the metrics port is taken
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""mdn.v1 Tensor <-> numpy. The only place that reads or builds tensor messages."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
+from mdn_serve.errors import InvalidInput
+
+_LE_FLOAT32 = np.dtype("<f4")
+
+
+def decode_tensor(tensor: pb.Tensor, field: str, max_elements: int) -> tuple[NDArray[np.float32], bool]:
+    """Returns (array, was_raw). Raw bytes are viewed in place, not copied."""
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{field}.shape {shape} has a negative dimension")
+    count = 1
+    for d in shape:
+        count *= d  # Python ints: no overflow, however large the claimed shape
+    if count > max_elements:
+        raise InvalidInput(
+            f"{field}.shape {shape} holds {count} values, more than a request can carry ({max_elements})"
+        )
+    has_raw, num_values = len(tensor.raw) > 0, len(tensor.values)
+    if has_raw and num_values:
+        raise InvalidInput(f"{field} sets both values and raw; set exactly one")
+    if has_raw:
+        if len(tensor.raw) != 4 * count:
+            raise InvalidInput(
+                f"{field}.raw has {len(tensor.raw)} bytes, but shape {shape} needs {4 * count} "
+                "(little-endian float32, 4 bytes per value)"
+            )
+        array = np.frombuffer(tensor.raw, dtype=_LE_FLOAT32).reshape(shape)
+        return array.astype(np.float32, copy=False), True
+    if num_values != count:
+        raise InvalidInput(f"{field}.values has {num_values} values, but shape {shape} needs {count}")
+    return np.asarray(tensor.values, dtype=np.float32).reshape(shape), False
+
+
+def encode_tensor(array: NDArray[np.floating], raw: bool) -> pb.Tensor:
+    """float32 tensor message, raw little-endian bytes or repeated values."""
+    data = np.ascontiguousarray(array, dtype=_LE_FLOAT32)
+    if raw:
+        return pb.Tensor(shape=data.shape, raw=data.tobytes())
+    return pb.Tensor(shape=data.shape, values=data.ravel().tolist())
+
+
+def require_inputs(has_inputs: bool) -> None:
+    if not has_inputs:
+        raise InvalidInput("request has no inputs; set inputs to a [batch, input_dim] tensor")

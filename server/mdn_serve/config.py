@@ -1,0 +1,94 @@
+"""Server settings: one typed object built in main() from flags and MDN_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_repository: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = 8001
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8002  # -1 disables the metrics endpoint
+    device: str = "cpu"
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    inter_op_threads: int = 0
+    compute_threads: int = 2  # worker threads that run ONNX Runtime and the mixture math
+    max_rows: int = 8192  # rows (B) per request
+    max_samples: int = 1_000_000  # B x num_samples per Sample request
+    max_message_bytes: int = 64 * 1024 * 1024
+    grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
+    log_level: str = "INFO"
+
+
+def _env_default(env: Mapping[str, str], name: str, fallback: object) -> object:
+    return env.get(f"MDN_{name.upper()}", fallback)
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="mdn-serve",
+        description="Serve MDNs exported by mdn-export over gRPC. Every flag can also be set as an "
+        "MDN_* environment variable (e.g. --max-rows as MDN_MAX_ROWS); flags win.",
+    )
+
+    def add(flag: str, kind: type, help_text: str, **kwargs: Any) -> None:
+        name = flag.lstrip("-").replace("-", "_")
+        raw = _env_default(env, name, getattr(d, name))
+        try:
+            default = kind(raw)
+        except ValueError:
+            p.error(f"MDN_{name.upper()}={raw!r} is not a valid {kind.__name__}")
+        p.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: %(default)s)", **kwargs)
+
+    add("--model-repository", Path, "folder of <name>/<version>/model.onnx")
+    add("--host", str, "address to bind the gRPC server to; 0.0.0.0 for every interface")
+    add("--port", int, "gRPC port; 0 binds a free one and logs it")
+    add("--metrics-host", str, "address of the Prometheus /metrics endpoint")
+    add("--metrics-port", int, "Prometheus port; 0 picks a free one, -1 disables it")
+    add("--device", str, "ONNX Runtime device", choices=DEVICES)
+    add("--intra-op-threads", int, "ONNX Runtime intra-op threads; 0 for its default")
+    add("--inter-op-threads", int, "ONNX Runtime inter-op threads; 0 for its default")
+    add("--compute-threads", int, "threads running inference and mixture math off the event loop")
+    add("--max-rows", int, "largest batch (rows) per request")
+    add("--max-samples", int, "largest rows x num_samples per Sample request")
+    add("--max-message-bytes", int, "largest gRPC message, in and out")
+    add("--grace-seconds", float, "time in-flight requests get to finish on SIGTERM/SIGINT")
+    add("--log-level", str, "DEBUG, INFO, WARNING or ERROR")
+    return p
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Flags over MDN_* variables over defaults; exits with a usage message on a bad value."""
+    environment = os.environ if env is None else env
+    parser = build_parser(environment)
+    args = parser.parse_args(argv)
+    settings = Settings(**vars(args))
+    problems = []
+    for name in ("compute_threads", "max_rows", "max_samples", "max_message_bytes"):
+        if getattr(settings, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("intra_op_threads", "inter_op_threads"):
+        if getattr(settings, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= settings.port <= 65535:
+        problems.append("--port must be in 0..65535")
+    if not -1 <= settings.metrics_port <= 65535:
+        problems.append("--metrics-port must be in -1..65535")
+    if settings.grace_seconds < 0:
+        problems.append("--grace-seconds must be >= 0")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        problems.append("--log-level must be DEBUG, INFO, WARNING or ERROR")
+    if problems:
+        parser.error("; ".join(problems))
+    return settings
