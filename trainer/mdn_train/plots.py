@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import LogNorm, PowerNorm
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from mdn_serve.kinematics import PlanarArm
 from mdn_serve.mixture import log_density, mixture_modes
@@ -60,10 +60,12 @@ def _toy_density(out_dir: Path, test: Dataset, predict: Predictor, baseline: Bas
     ax.set(xlabel="t (input)", ylabel="x (target)", title="Least squares averages the branches")
     ax.legend(loc="upper left")
     ax = axes[1]
-    ax.pcolormesh(t[:, 0], xs, density.T, shading="auto", cmap="viridis", norm=PowerNorm(0.5))
+    # Scaled per column so every t shows the shape of its conditional, wide or narrow.
+    shape = density / density.max(axis=1, keepdims=True)
+    ax.pcolormesh(t[:, 0], xs, shape.T, shading="auto", cmap="viridis")
     tt = np.broadcast_to(t[:, None, :], (*modes.modes.shape[:2], 1))
-    ax.scatter(tt[..., 0], modes.modes[..., 0], s=3, color="white", label="modes of p(x|t)")
-    ax.set(xlabel="t (input)", title="MDN conditional density p(x|t) and its modes")
+    ax.scatter(tt[..., 0], modes.modes[..., 0], s=2, color="tab:red", label="modes of p(x|t)")
+    ax.set(xlabel="t (input)", title="MDN p(x|t), scaled to its maximum at each t, and its modes")
     ax.legend(loc="upper left")
     return _save(fig, out_dir / "toy_density.png")
 

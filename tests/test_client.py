@@ -1,0 +1,67 @@
+"""`mdn-client` against the real server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mdn_serve import client
+
+
+def run(capsys, server, *args: str) -> tuple[int, str, str]:
+    code = client.main(["--target", server.target, *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_models_text_and_json(capsys, server):
+    code, out, _ = run(capsys, server, "models")
+    assert code == 0 and "two_link_arm  version 1 (of 1)  ee_x, ee_y -> theta1, theta2  K=3" in out
+    code, out, _ = run(capsys, server, "--json", "models")
+    assert {m["name"] for m in json.loads(out)} == {"two_link_arm", "inverse_sine"}
+
+
+def test_modes_show_both_elbows(capsys, server):
+    code, out, _ = run(capsys, server, "modes", "--model", "two_link_arm", "--input", "0.6,0.6")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("input ee_x=0.6 ee_y=0.6")
+    modes = [line for line in lines if line.strip().startswith("mode ")]
+    assert len(modes) >= 2 and all("theta1=" in m and "mass" in m for m in modes)
+    signs = {m.split("theta2=")[1].split()[0].startswith("-") for m in modes}
+    assert signs == {True, False}  # elbow up and elbow down
+
+
+@pytest.mark.parametrize("encoding", [[], ["--values"]])
+def test_json_sample_and_predict_from_csv(capsys, server, tmp_path, encoding):
+    (tmp_path / "in.csv").write_text("ee_y,ee_x\n0.6,0.6\n0.2,0.9\n")
+    code, out, _ = run(capsys, server, *encoding, "--json", "sample", "--model", "two_link_arm",
+                       "--csv", str(tmp_path / "in.csv"), "-n", "4", "--seed", "3")  # fmt: skip
+    result = json.loads(out)
+    assert code == 0 and result["model"] == "two_link_arm" and result["version"] == "1"
+    assert len(result["samples"]) == 2 and len(result["samples"][0]) == 4 and len(result["samples"][0][0]) == 2
+    code, out, _ = run(capsys, server, *encoding, "--json", "predict", "--model", "inverse_sine", "--input", "0.5")
+    assert code == 0 and abs(sum(json.loads(out)["weights"][0]) - 1) < 1e-5
+
+
+def test_modes_json_pads_with_null(capsys, server):
+    code, out, _ = run(capsys, server, "--json", "modes", "--model", "two_link_arm", "--input", "0.6,0.6",
+                       "--input", "0.97,0.1")  # fmt: skip
+    result = json.loads(out)
+    assert code == 0 and len(result["modes"][0]) == max(result["num_modes"])
+    for row, count in zip(result["modes"], result["num_modes"], strict=True):
+        assert all(None not in mode for mode in row[:count])
+        assert all(mode == [None, None] for mode in row[count:])
+
+
+def test_server_errors_are_printed_not_raised(capsys, server):
+    code, _, err = run(capsys, server, "predict", "--model", "nope", "--input", "1")
+    assert code == 1 and err.startswith("mdn-client: error: NOT_FOUND: unknown model 'nope'")
+
+
+def test_bad_local_input_is_explained(capsys, server, tmp_path):
+    with pytest.raises(SystemExit, match="give --input ee_x,ee_y"):
+        client.main(["--target", server.target, "modes", "--model", "two_link_arm"])
+    (tmp_path / "in.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="needs columns ee_x, ee_y; missing ee_x, ee_y"):
+        client.main(["--target", server.target, "modes", "--model", "two_link_arm", "--csv", str(tmp_path / "in.csv")])

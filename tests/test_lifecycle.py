@@ -1,0 +1,201 @@
+"""Start-up, readiness, shutdown and unexpected failures of the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mdn_serve import repository as repository_module
+from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
+from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
+from mdn_serve.app import MdnServer
+from mdn_serve.config import Settings, parse_settings
+from mdn_serve.metrics import Metrics
+from mdn_serve.runtime import ModelRuntime
+
+from tests.conftest import start_server, stop_server
+
+REQUEST = pb.PredictRequest(
+    model=pb.ModelRef(name="two_link_arm"), inputs=pb.Tensor(shape=[1, 2], raw=np.float32([0.6, 0.6]).tobytes())
+)
+
+
+def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mdn_serve.app", "--port", "0", "--metrics-port", "-1", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def copy_model(trained, tmp_path, name="two_link_arm"):
+    repo = tmp_path / "repo"
+    shutil.copytree(trained["models"] / name, repo / name)
+    return repo
+
+
+def test_a_repository_without_models_is_a_clear_start_up_error(tmp_path):
+    result = serve_cli("--model-repository", str(tmp_path))
+    assert result.returncode == 1 and "no models under" in result.stderr and "Traceback" not in result.stderr
+    result = serve_cli("--model-repository", str(tmp_path / "missing"))
+    assert result.returncode == 1 and "is not a folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("corrupt", "ONNX Runtime cannot load it"),
+        ("no_metadata", "no 'mdn' metadata property"),
+        ("bad_metadata", "metadata 'mdn' is not valid JSON"),
+        ("bad_version", "version folders must be positive integers"),
+        ("empty_version", "no model.onnx in this version folder"),
+    ],
+)
+def test_a_bad_model_stops_start_up_naming_the_file(trained, tmp_path, breakage, message):
+    repo = copy_model(trained, tmp_path)
+    path = repo / "two_link_arm" / "1" / "model.onnx"
+    if breakage == "corrupt":
+        path.write_bytes(path.read_bytes()[:500])
+    elif breakage in ("no_metadata", "bad_metadata"):
+        model = onnx.load(str(path))
+        entry = next(p for p in model.metadata_props if p.key == "mdn")
+        if breakage == "no_metadata":
+            model.metadata_props.remove(entry)
+        else:
+            entry.value = "{not json"
+        onnx.save(model, str(path))
+    elif breakage == "bad_version":
+        (repo / "two_link_arm" / "latest").mkdir()
+    else:
+        (repo / "two_link_arm" / "2").mkdir()
+    result = serve_cli("--model-repository", str(repo))
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr and "two_link_arm" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cuda_device_without_cuda_is_a_clear_start_up_error(trained, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA; the GPU run covers --device cuda")
+    result = serve_cli("--model-repository", str(trained["models"]), "--device", "cuda")
+    assert result.returncode == 1
+    assert "--device cuda needs ONNX Runtime's CUDAExecutionProvider" in result.stderr
+
+
+def test_sigterm_drains_and_exits_cleanly(trained, tmp_path):
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--device", "auto")
+    with grpc.insecure_channel(proc.target) as channel:
+        pb_grpc.MixtureDensityServiceStub(channel).Predict(REQUEST, timeout=10)
+    assert "execution providers ['CPUExecutionProvider']" in proc.log() or "CUDA" in proc.log()
+    assert stop_server(proc) == 0
+    assert "shutting down" in proc.log() and "stopped" in proc.log()
+
+
+def test_settings_come_from_flags_over_environment():
+    env = {"MDN_PORT": "9001", "MDN_MAX_ROWS": "12", "MDN_DEVICE": "auto"}
+    s = parse_settings(["--max-rows", "34"], env)
+    assert (s.port, s.max_rows, s.device) == (9001, 34, "auto")
+    assert parse_settings([], {}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {"MDN_PORT": "eighty"}, "MDN_PORT='eighty' is not a valid int"),
+        (["--max-rows", "0"], {}, "--max-rows must be >= 1"),
+        (["--device", "tpu"], {}, "invalid choice: 'tpu'"),
+    ],
+)
+def test_bad_settings_exit_with_usage(capsys, argv, env, message):
+    with pytest.raises(SystemExit) as info:
+        parse_settings(argv, env)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def run_in_process(settings: Settings, scenario) -> None:
+    """Start an MdnServer on its own event loop in a thread and run scenario(server) against it."""
+
+    async def main() -> None:
+        server = MdnServer(settings, Metrics())
+        started = asyncio.ensure_future(server.start())
+        try:
+            while server.port == 0 and not started.done():
+                await asyncio.sleep(0.01)
+            await scenario(server, started)
+        finally:
+            await started
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_health_is_not_serving_while_models_load(trained, monkeypatch):
+    release = threading.Event()
+    original = repository_module.ModelRepository.load
+
+    def slow_load(*args, **kwargs):
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(repository_module.ModelRepository, "load", slow_load)
+    statuses = []
+
+    async def scenario(server, started):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            await asyncio.sleep(0.2)
+            statuses.append((await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await pb_grpc.MixtureDensityServiceStub(channel).Predict(REQUEST, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "still loading" in info.value.details()
+            release.set()
+            await started
+            statuses.append((await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status)
+            await server.health.enter_graceful_shutdown()
+            statuses.append((await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status)
+
+    run_in_process(Settings(model_repository=trained["models"], port=0, metrics_port=-1), scenario)
+    s = health_pb2.HealthCheckResponse
+    assert statuses == [s.NOT_SERVING, s.SERVING, s.NOT_SERVING]
+
+
+def test_an_unexpected_failure_is_internal_with_a_generic_message(trained, monkeypatch, caplog):
+    def broken_run(self, x):
+        raise RuntimeError("secret detail of a bug")
+
+    monkeypatch.setattr(ModelRuntime, "run", broken_run)
+
+    async def scenario(server, started):
+        await started
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.MixtureDensityServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Predict(REQUEST, timeout=5)
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            assert "secret" not in info.value.details() and "internal error" in info.value.details()
+            models = await stub.ListModels(pb.ListModelsRequest(), timeout=5)  # still serving
+            assert len(models.models) == 2
+
+    with caplog.at_level(logging.ERROR, logger="mdn_serve"):
+        monkeypatch.setattr(ModelRuntime, "warm_up", lambda self: None)
+        run_in_process(Settings(model_repository=trained["models"], port=0, metrics_port=-1), scenario)
+    assert "secret detail of a bug" in caplog.text and "Traceback" in caplog.text
+
+
+def test_sigint_also_stops_the_server(trained, tmp_path):
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]))
+    proc.process.send_signal(signal.SIGINT)
+    assert proc.process.wait(timeout=30) == 0
