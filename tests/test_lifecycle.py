@@ -26,7 +26,7 @@ from mdn_serve.runtime import ModelRuntime
 from tests.conftest import start_server, stop_server
 
 REQUEST = pb.PredictRequest(
-    model=pb.ModelRef(name="two_link_arm"), inputs=pb.Tensor(shape=[1, 2], raw=np.float32([0.6, 0.6]).tobytes())
+    model=pb.ModelRef(name="two_link_arm"), inputs=pb.Tensor(shape=[1, 2], raw=np.array([0.6, 0.6], "<f4").tobytes())
 )
 
 
