@@ -199,3 +199,22 @@ def test_sigint_also_stops_the_server(trained, tmp_path):
     proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]))
     proc.process.send_signal(signal.SIGINT)
     assert proc.process.wait(timeout=30) == 0
+
+
+def test_messages_over_the_size_limit_are_resource_exhausted(trained):
+    async def scenario(server, started):
+        await started
+        big = pb.PredictRequest(
+            model=pb.ModelRef(name="two_link_arm"), inputs=pb.Tensor(shape=[1000, 2], raw=bytes(8000))
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.MixtureDensityServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Predict(big, timeout=5)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            small = await stub.Predict(REQUEST, timeout=5)  # and it keeps serving
+            assert list(small.weights.shape) == [1, 3]
+
+    run_in_process(
+        Settings(model_repository=trained["models"], port=0, metrics_port=-1, max_message_bytes=4096), scenario
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -63,6 +64,9 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
             except MdnError as exc:
                 code = status_for(exc)
                 await context.abort(code, str(exc))
+            except asyncio.CancelledError:  # the client cancelled or its deadline passed
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("%s failed", method)

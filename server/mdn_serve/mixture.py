@@ -119,25 +119,32 @@ def _fixed_point(
     """Iterate the mean-shift / EM fixed point from every component mean.
 
     Update per dimension: x_d <- sum_k r_k mu_kd / s_kd^2  /  sum_k r_k / s_kd^2, where
-    r_k are the responsibilities at x. It increases p(x) at every step.
+    r_k are the responsibilities at x. It increases p(x) at every step. Only the starts that
+    have not converged are computed, so a few slow starts (on flat, overlapping components)
+    do not keep the whole batch iterating.
     """
-    scales = 1.0 / np.sqrt(precisions)
-    x = means.copy()  # (B, S=K, D)
+    batch, k, dim = means.shape
+    log_norm = 0.5 * np.sum(np.log(precisions), axis=-1) + log_w  # (B, K): log weight + log 1/prod(s)
     weighted_means = means * precisions  # (B, K, D)
-    active = np.ones(x.shape[:2], dtype=bool)
+    x = means.reshape(batch * k, dim).copy()  # one start per component
+    row = np.repeat(np.arange(batch), k)
+    tol_flat = np.broadcast_to(tol, (batch, k, dim)).reshape(batch * k, dim)
+    active = np.arange(batch * k)
     for _ in range(max_iter):
-        log_r = _component_log_density(x, means, scales) + log_w[:, None, :]  # (B, S, K)
-        log_r -= _logsumexp(log_r, axis=-1)[:, :, None]
-        r = np.exp(log_r)
-        num = np.einsum("bsk,bkd->bsd", r, weighted_means)
-        den = np.einsum("bsk,bkd->bsd", r, precisions)
-        new_x = num / den
-        step = np.max(np.abs(new_x - x) / tol, axis=-1)  # (B, S), in units of tol
-        x = np.where(active[:, :, None], new_x, x)
-        active &= step > 1.0
-        if not active.any():
+        b = row[active]
+        xa = x[active]  # (P, D)
+        diff = xa[:, None, :] - means[b]  # (P, K, D)
+        log_r = log_norm[b] - 0.5 * np.einsum("pkd,pkd->pk", diff * diff, precisions[b])
+        log_r -= np.max(log_r, axis=-1, keepdims=True)
+        r = np.exp(log_r)  # unnormalised responsibilities: the ratio below cancels the sum
+        new_x = np.einsum("pk,pkd->pd", r, weighted_means[b]) / np.einsum("pk,pkd->pd", r, precisions[b])
+        moving = np.max(np.abs(new_x - xa) / tol_flat[active], axis=-1) > 1.0
+        x[active] = new_x
+        active = active[moving]
+        if active.size == 0:
             break
-    return x
+    out: FloatArray = x.reshape(batch, k, dim)
+    return out
 
 
 def _is_local_max(log_w: FloatArray, means: FloatArray, precisions: FloatArray, x: FloatArray) -> NDArray[np.bool_]:
