@@ -265,7 +265,7 @@ def test_metrics_count_real_requests(server, stub):
     def delta(family, name, **labels):
         return sample_value(after[family], name, **labels) - sample_value(before.get(family, []), name, **labels)
 
-    ok_labels = {"method": "Modes", "model": ARM, "code": "OK"}
+    ok_labels = {"protocol": "mdn.v1", "method": "Modes", "model": ARM, "code": "OK"}
     assert delta("mdn_request_duration_seconds", "mdn_request_duration_seconds_count", **ok_labels) == 3
     assert delta("mdn_requests", "mdn_requests_total", **ok_labels) == 3
     assert (

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,7 +21,19 @@ from mdn_serve.mixture import Modes, mixture_modes, sample_mixture
 from mdn_serve.repository import ModelRepository
 from mdn_serve.runtime import Mixture, ModelRuntime
 
-T = TypeVar("T")
+
+@dataclass(frozen=True)
+class SampleSpec:
+    num_samples: int
+    seed: int | None = None  # None draws fresh entropy
+    temperature: float = 0.0  # 0 means 1.0
+
+
+@dataclass(frozen=True)
+class Outputs:
+    mixture: Mixture
+    samples: NDArray[np.float32] | None  # (B, N, D) when sampling was asked for
+    modes: Modes | None  # when modes were asked for
 
 
 @dataclass(frozen=True)
@@ -81,73 +91,54 @@ class Dataplane:
             raise InvalidInput(f"inputs contain NaN or infinite values (first at row {row}, column {col})")
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    async def _compute(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    def _check_sampling(self, spec: SampleSpec, rows: int) -> float:
+        """Validate a sampling request; returns the effective temperature."""
+        if spec.num_samples < 1:
+            raise InvalidInput(f"num_samples must be >= 1, got {spec.num_samples}")
+        t = spec.temperature
+        if math.isnan(t) or t < 0 or math.isinf(t):
+            raise InvalidInput(f"temperature must be a finite number >= 0 (0 means 1.0), got {t}")
+        total = rows * spec.num_samples
+        if total > self.limits.max_samples:
+            raise LimitExceeded(
+                f"{rows} rows x {spec.num_samples} samples = {total} is over this server's limit of "
+                f"{self.limits.max_samples} samples per request; ask for fewer"
+            )
+        return 1.0 if t == 0 else float(t)
 
-    def _infer(self, runtime: ModelRuntime, x: NDArray[np.float32]) -> Mixture:
-        start = time.perf_counter()
-        out = runtime.run(x)
-        self.metrics.compute_seconds.labels(runtime.name, runtime.version).observe(time.perf_counter() - start)
-        return out
-
-    def _observe_rows(self, method: str, runtime: ModelRuntime, x: NDArray[np.float32]) -> None:
-        self.metrics.rows.labels(method, runtime.name).observe(x.shape[0])
-
-    async def predict(self, name: str, version: str, x: NDArray[np.float32]) -> tuple[ModelRuntime, Mixture]:
-        runtime = self.resolve(name, version)
-        x = self.check_inputs(runtime, x)
-        self._observe_rows("Predict", runtime, x)
-        return runtime, await self._compute(lambda: self._infer(runtime, x))
-
-    async def sample(
+    async def infer(
         self,
+        method: str,
         name: str,
         version: str,
         x: NDArray[np.float32],
-        num_samples: int,
-        seed: int | None,
-        temperature: float,
-    ) -> tuple[ModelRuntime, NDArray[np.float32]]:
-        """temperature 0 means 1.0; no seed draws fresh entropy."""
+        sampling: SampleSpec | None = None,
+        max_modes: int | None = None,
+    ) -> tuple[ModelRuntime, Outputs]:
+        """One ONNX Runtime call for x, plus samples and/or modes when asked for.
+
+        Every protocol ends here, so validation, limits and metrics are the same for all.
+        """
         runtime = self.resolve(name, version)
-        if num_samples < 1:
-            raise InvalidInput(f"num_samples must be >= 1, got {num_samples}")
-        if math.isnan(temperature) or temperature < 0 or math.isinf(temperature):
-            raise InvalidInput(f"temperature must be a finite number >= 0 (0 means 1.0), got {temperature}")
         x = self.check_inputs(runtime, x)
-        total = x.shape[0] * num_samples
-        if total > self.limits.max_samples:
-            raise LimitExceeded(
-                f"{x.shape[0]} rows x {num_samples} samples = {total} is over this server's limit of "
-                f"{self.limits.max_samples} samples per request; ask for fewer"
-            )
-        tau = 1.0 if temperature == 0 else float(temperature)
-        self._observe_rows("Sample", runtime, x)
-
-        def work() -> NDArray[np.float32]:
-            mix = self._infer(runtime, x)
-            start = time.perf_counter()
-            rng = np.random.default_rng(seed)
-            out = sample_mixture(mix.weights, mix.means, mix.scales, num_samples, rng, tau)
-            self.metrics.postprocess_seconds.labels("Sample", runtime.name).observe(time.perf_counter() - start)
-            return out
-
-        return runtime, await self._compute(work)
-
-    async def modes(
-        self, name: str, version: str, x: NDArray[np.float32], max_modes: int
-    ) -> tuple[ModelRuntime, Modes]:
-        runtime = self.resolve(name, version)
-        if max_modes < 0:
+        tau = self._check_sampling(sampling, x.shape[0]) if sampling is not None else 1.0
+        if max_modes is not None and max_modes < 0:
             raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {max_modes}")
-        x = self.check_inputs(runtime, x)
-        self._observe_rows("Modes", runtime, x)
+        self.metrics.rows.labels(method, runtime.name).observe(x.shape[0])
 
-        def work() -> Modes:
-            mix = self._infer(runtime, x)
+        def work() -> Outputs:
             start = time.perf_counter()
-            out = mixture_modes(mix.weights, mix.means, mix.scales, max_modes=max_modes)
-            self.metrics.postprocess_seconds.labels("Modes", runtime.name).observe(time.perf_counter() - start)
-            return out
+            mix = runtime.run(x)
+            done = time.perf_counter()
+            self.metrics.compute_seconds.labels(runtime.name, runtime.version).observe(done - start)
+            samples = modes = None
+            if sampling is not None:
+                rng = np.random.default_rng(sampling.seed)
+                samples = sample_mixture(mix.weights, mix.means, mix.scales, sampling.num_samples, rng, tau)
+            if max_modes is not None:
+                modes = mixture_modes(mix.weights, mix.means, mix.scales, max_modes=max_modes)
+            if sampling is not None or max_modes is not None:
+                self.metrics.postprocess_seconds.labels(method, runtime.name).observe(time.perf_counter() - done)
+            return Outputs(mix, samples, modes)
 
-        return runtime, await self._compute(work)
+        return runtime, await asyncio.get_running_loop().run_in_executor(self._executor, work)

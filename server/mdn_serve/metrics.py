@@ -21,24 +21,25 @@ class Metrics:
         r = self.registry
         self.request_seconds = Histogram(
             "mdn_request_duration_seconds",
-            "End-to-end request latency in the server, by RPC method, model and status code.",
-            ["method", "model", "code"],
+            "End-to-end request latency in the server, by protocol, RPC method, model and status code.",
+            ["protocol", "method", "model", "code"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        request_labels = ["protocol", "method", "model", "code"]
         self.requests = Counter(
-            "mdn_requests",
-            "Requests handled, by method, model and status code.",
-            ["method", "model", "code"],
-            registry=r,
+            "mdn_requests", "Requests handled, by protocol, method, model and status code.", request_labels, registry=r
         )
         self.errors = Counter(
-            "mdn_request_errors", "Requests that ended in an error, by method, model and status code.",
-            ["method", "model", "code"], registry=r,
-        )  # fmt: skip
-        self.in_flight = Gauge(
-            "mdn_requests_in_flight", "Requests being handled now, by method.", ["method"], registry=r
+            "mdn_request_errors",
+            "Requests that ended in an error, by protocol, method, model and status code.",
+            request_labels,
+            registry=r,
         )
+        self.in_flight = Gauge(
+            "mdn_requests_in_flight", "Requests being handled now, by protocol and method.", ["protocol", "method"],
+            registry=r,
+        )  # fmt: skip
         self.compute_seconds = Histogram(
             "mdn_inference_duration_seconds",
             "ONNX Runtime time per call, by model and version.",

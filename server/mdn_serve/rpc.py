@@ -1,0 +1,87 @@
+"""What every RPC handler shares, whatever the protocol: metrics and the one error-to-status mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from mdn_serve.dataplane import Dataplane
+from mdn_serve.errors import InvalidInput, LimitExceeded, MdnError, ModelNotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[MdnError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    LimitExceeded: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class Servicer(Protocol):
+    dataplane: Dataplane
+
+
+S = TypeVar("S", bound=Servicer)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for kind in type(exc).__mro__:
+        if kind in STATUS_OF:
+            return STATUS_OF[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+def handler(
+    protocol: str, method: str, model_of: Callable[[Any], str]
+) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
+    """Times the call, counts it by status code, and turns exceptions into gRPC statuses.
+
+    Our own errors carry a message for the client; anything else is INTERNAL with a
+    generic message, and the traceback goes to the log only.
+    """
+
+    def wrap(fn: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+        @functools.wraps(fn)
+        async def wrapped(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+            dataplane = self.dataplane
+            metrics = dataplane.metrics
+            model = model_of(request) or "-"
+            if model != "-" and dataplane.ready and model not in dataplane.models().models:
+                model = "unknown"  # keep label cardinality bounded whatever clients send
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            metrics.in_flight.labels(protocol, method).inc()
+            try:
+                return await fn(self, request, context)
+            except MdnError as exc:
+                code = status_for(exc)
+                await context.abort(code, str(exc))
+            except asyncio.CancelledError:  # the client cancelled or its deadline passed
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s %s failed", protocol, method)
+                await context.abort(code, "internal error; the server log has the details")
+            finally:
+                metrics.in_flight.labels(protocol, method).dec()
+                labels = (protocol, method, model, code.name)
+                metrics.request_seconds.labels(*labels).observe(time.perf_counter() - start)
+                metrics.requests.labels(*labels).inc()
+                if code != grpc.StatusCode.OK:
+                    metrics.errors.labels(*labels).inc()
+            raise AssertionError("unreachable: abort raises")
+
+        return wrapped
+
+    return wrap
