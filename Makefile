@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CLIENTS_VENV ?= .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+NODE_DIR := tests/clients/node
+# Node's grpc-js is a second-language protocol check, installed only where node exists.
+NODE_STAMP := $(if $(shell command -v node),$(NODE_DIR)/node_modules/.installed)
 MODELS ?= models
 RUNS ?= runs
 
@@ -20,12 +25,22 @@ help:
 	@echo "make lint      ruff + mypy"
 	@echo "make clean     remove $(VENV), $(RUNS)/ and caches (keeps $(MODELS)/)"
 
-install: $(STAMP)
+install: $(STAMP) $(CLIENTS_STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev]"
+	@touch $@
+
+# Third-party protocol clients (tritonclient needs protobuf<7): their own environment.
+$(CLIENTS_STAMP): requirements-clients.lock
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r requirements-clients.lock
+	@touch $@
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # onnxruntime-gpu and onnxruntime both provide the `onnxruntime` module: swap one for the other.
@@ -46,7 +61,7 @@ serve: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m mdn_serve.protogen $(PROTO_OUT)
 
-test: $(STAMP)
+test: install
 	$(MAKE) lint
 	$(BIN)/python -m pytest
 
@@ -61,5 +76,5 @@ lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' >> requirements.lock
 
 clean:
-	rm -rf $(VENV) $(RUNS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) $(NODE_DIR)/node_modules $(RUNS) .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

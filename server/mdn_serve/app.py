@@ -14,12 +14,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from mdn_serve.config import Settings, parse_settings
 from mdn_serve.dataplane import Dataplane, Limits
 from mdn_serve.errors import MdnError
 from mdn_serve.grpc_service import SERVICE_NAME, MdnServicer
 from mdn_serve.metrics import Metrics
+from mdn_serve.oip_service import SERVICE_NAME as OIP_SERVICE_NAME
+from mdn_serve.oip_service import OipServicer
 from mdn_serve.repository import ModelRepository
 from mdn_serve.runtime import choose_providers
 
@@ -47,6 +50,8 @@ class MdnServer:
         )
         servicer = MdnServicer(self.dataplane, size // 4)
         pb_grpc.add_MixtureDensityServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
+        oip = OipServicer(self.dataplane, size // 4)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(oip, self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -60,7 +65,7 @@ class MdnServer:
     async def start(self) -> None:
         """Bind and answer health checks (NOT_SERVING), load and warm every model, then SERVING."""
         s = self.settings
-        for name in (OVERALL, SERVICE_NAME):
+        for name in (OVERALL, SERVICE_NAME, OIP_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
@@ -81,7 +86,7 @@ class MdnServer:
         for name, entry in sorted(repository.models.items()):
             latest = entry.latest
             log.info("model %s: versions %s, provider %s", name, ",".join(entry.version_list), latest.provider)
-        for name in (OVERALL, SERVICE_NAME):
+        for name in (OVERALL, SERVICE_NAME, OIP_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %d model(s) on %s:%d", len(repository.models), s.host, self.port)
 

@@ -1,0 +1,102 @@
+"""Clients nobody here wrote, against the real server: Triton's Python client (and Node's grpc-js when present)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mdn_serve.client import MdnClient
+
+REPO = Path(__file__).resolve().parents[1]
+CLIENTS_PYTHON = Path(os.environ.get("MDN_CLIENTS_PYTHON", REPO / ".venv-clients" / "bin" / "python"))
+ARM = "two_link_arm"
+
+
+@pytest.fixture(scope="module")
+def triton_report(server) -> dict[str, Any]:
+    if not CLIENTS_PYTHON.exists():
+        pytest.fail(f"{CLIENTS_PYTHON} is missing: `make install` builds the third-party clients environment")
+    result = subprocess.run(
+        [str(CLIENTS_PYTHON), str(REPO / "tests" / "clients" / "triton_check.py"), server.target, ARM],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_triton_client_sees_a_live_ready_server_and_its_model(triton_report):
+    r = triton_report
+    assert (r["live"], r["ready"], r["model_ready"], r["unknown_model_ready"]) == (True, True, True, False)
+    assert r["server"]["name"] == "mdn-serve"
+    assert r["model"]["platform"] == "onnx_onnxv1" and r["model"]["versions"] == ["1"]
+    assert r["model"]["inputs"] == [["x", "FP32", ["-1", "2"]]]
+    assert set(r["model"]["outputs"]) >= {"weights", "means", "scales", "samples", "modes", "num_modes"}
+
+
+def test_triton_inference_matches_mdn_v1(server, triton_report):
+    x = np.array([[0.6, 0.6], [0.9, 0.3]], np.float32)
+    client = MdnClient(server.target)
+    predicted = client.predict(ARM, x)
+    d = triton_report["default"]
+    assert triton_report["default_id"] == "triton-1" and triton_report["default_version"] == "1"
+    for name in ("weights", "means", "scales"):
+        assert d[name]["dtype"] == "float32"
+        np.testing.assert_array_equal(np.array(d[name]["values"], np.float32), getattr(predicted, name))
+
+    c = triton_report["chosen"]
+    assert triton_report["chosen_outputs"] == ["samples", "modes", "mode_mass", "num_modes"]
+    samples = client.sample(ARM, x, 20, seed=5, temperature=0.5).samples
+    np.testing.assert_array_equal(np.array(c["samples"]["values"], np.float32), samples)
+    modes = client.modes(ARM, x, max_modes=2)
+    assert c["num_modes"]["dtype"] == "int32" and c["num_modes"]["values"] == modes.num_modes
+    np.testing.assert_array_equal(np.array(c["modes"]["values"], np.float32), np.nan_to_num(modes.modes, nan=-999))
+
+
+def test_triton_client_gets_our_error_statuses(triton_report):
+    assert triton_report["wrong_shape"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "takes 2 input column(s)" in triton_report["wrong_shape"]["message"]
+    assert triton_report["unknown_model"]["status"] == "StatusCode.NOT_FOUND"
+    assert triton_report["unknown_output"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "unknown output 'logits'" in triton_report["unknown_output"]["message"]
+
+
+NODE_DIR = REPO / "tests" / "clients" / "node"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed on this machine")
+def test_node_grpc_js_client_calls_model_infer(server):
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.fail(f"{NODE_DIR}/node_modules is missing: `make install` runs npm ci there when node is present")
+    result = subprocess.run(
+        [
+            "node",
+            str(NODE_DIR / "oip_check.js"),
+            server.target,
+            ARM,
+            str(REPO / "proto" / "inference" / "grpc_service.proto"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout)
+    assert (r["ready"], r["platform"], r["id"], r["version"]) == (True, "onnx_onnxv1", "node-1", "1")
+    assert r["outputs"] == [
+        {"name": "means", "datatype": "FP32", "shape": [2, 3, 2]},
+        {"name": "num_modes", "datatype": "INT32", "shape": [2]},
+    ]
+    x = np.array([[0.6, 0.6], [0.9, 0.3]], np.float32)
+    client = MdnClient(server.target)
+    np.testing.assert_array_equal(np.array(r["means"], np.float32), client.predict(ARM, x).means.ravel())
+    assert r["num_modes"] == client.modes(ARM, x).num_modes
+    assert r["unknown_model_code"] == 5  # NOT_FOUND
