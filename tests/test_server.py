@@ -284,8 +284,8 @@ def test_metrics_count_real_requests(server, stub):
         delta(
             "mdn_postprocess_duration_seconds",
             "mdn_postprocess_duration_seconds_count",
-            method="Modes",
             model=ARM,
+            version="1",
         )
         == 3
     )

@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
+from mdn_serve.batching import BatchingConfig
 from mdn_serve.config import Settings, parse_settings
 from mdn_serve.dataplane import Dataplane, Limits
 from mdn_serve.errors import MdnError
@@ -37,8 +38,14 @@ class MdnServer:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        batching = BatchingConfig(
+            max_batch_rows=settings.max_batch_rows,
+            max_queue_delay=settings.max_queue_delay_ms / 1000.0,
+            max_queue_size=settings.max_queue_size,
+            max_concurrent_batches=settings.compute_threads,
+        )
         self.dataplane = Dataplane(
-            self.metrics, Limits(settings.max_rows, settings.max_samples), settings.compute_threads
+            self.metrics, Limits(settings.max_rows, settings.max_samples), settings.compute_threads, batching
         )
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -97,7 +104,7 @@ class MdnServer:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
-        self.dataplane.close()
+        await self.dataplane.close()
         log.info("stopped")
 
     async def wait(self) -> None:

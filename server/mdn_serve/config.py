@@ -26,6 +26,9 @@ class Settings:
     max_rows: int = 8192  # rows (B) per request
     max_samples: int = 1_000_000  # B x num_samples per Sample request
     max_message_bytes: int = 64 * 1024 * 1024
+    max_batch_rows: int = 8192  # rows per merged ONNX Runtime call
+    max_queue_delay_ms: float = 0.0  # 0: batch what is already queued, never wait for more
+    max_queue_size: int = 1024  # queued requests per model version before RESOURCE_EXHAUSTED
     grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
     log_level: str = "INFO"
 
@@ -63,6 +66,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-rows", int, "largest batch (rows) per request")
     add("--max-samples", int, "largest rows x num_samples per Sample request")
     add("--max-message-bytes", int, "largest gRPC message, in and out")
+    add("--max-batch-rows", int, "most rows dynamic batching merges into one ONNX Runtime call")
+    add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0 never waits")
+    add("--max-queue-size", int, "requests queued per model version before new ones get RESOURCE_EXHAUSTED")
     add("--grace-seconds", float, "time in-flight requests get to finish on SIGTERM/SIGINT")
     add("--log-level", str, "DEBUG, INFO, WARNING or ERROR")
     return p
@@ -75,7 +81,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     args = parser.parse_args(argv)
     settings = Settings(**vars(args))
     problems = []
-    for name in ("compute_threads", "max_rows", "max_samples", "max_message_bytes"):
+    for name in ("compute_threads", "max_rows", "max_samples", "max_message_bytes", "max_batch_rows", "max_queue_size"):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("intra_op_threads", "inter_op_threads"):
@@ -85,6 +91,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         problems.append("--port must be in 0..65535")
     if not -1 <= settings.metrics_port <= 65535:
         problems.append("--metrics-port must be in -1..65535")
+    if settings.max_queue_delay_ms < 0:
+        problems.append("--max-queue-delay-ms must be >= 0")
     if settings.grace_seconds < 0:
         problems.append("--grace-seconds must be >= 0")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

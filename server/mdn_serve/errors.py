@@ -29,3 +29,11 @@ class ModelLoadError(MdnError):
 
 class Unavailable(MdnError):
     """The server cannot take the request now (gRPC UNAVAILABLE)."""
+
+
+class QueueFull(MdnError):
+    """The model's request queue is full: load is shed at once (gRPC RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExpired(MdnError):
+    """The caller's deadline passed before the request was computed (gRPC DEADLINE_EXCEEDED)."""

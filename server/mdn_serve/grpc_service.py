@@ -9,7 +9,7 @@ from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from mdn_serve.codec import decode_tensor, encode_tensor, require_inputs
 from mdn_serve.dataplane import Dataplane, SampleSpec
-from mdn_serve.rpc import handler
+from mdn_serve.rpc import deadline_of, handler
 from mdn_serve.runtime import ModelRuntime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MixtureDensityService"].full_name
@@ -66,7 +66,9 @@ class MdnServicer(pb_grpc.MixtureDensityServiceServicer):
     @handler(PROTOCOL, "Predict", _model_of)
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         x, raw = self._inputs(request)
-        runtime, out = await self.dataplane.infer("Predict", request.model.name, request.model.version, x)
+        runtime, out = await self.dataplane.infer(
+            "Predict", request.model.name, request.model.version, x, deadline=deadline_of(context)
+        )
         mix = out.mixture
         return pb.PredictResponse(
             model=self._ref(runtime),
@@ -80,7 +82,9 @@ class MdnServicer(pb_grpc.MixtureDensityServiceServicer):
         x, raw = self._inputs(request)
         seed = request.seed if request.HasField("seed") else None
         spec = SampleSpec(request.num_samples, seed, request.temperature)
-        runtime, out = await self.dataplane.infer("Sample", request.model.name, request.model.version, x, sampling=spec)
+        runtime, out = await self.dataplane.infer(
+            "Sample", request.model.name, request.model.version, x, sampling=spec, deadline=deadline_of(context)
+        )
         assert out.samples is not None
         return pb.SampleResponse(model=self._ref(runtime), samples=encode_tensor(out.samples, raw))
 
@@ -88,7 +92,12 @@ class MdnServicer(pb_grpc.MixtureDensityServiceServicer):
     async def Modes(self, request: pb.ModesRequest, context: grpc.aio.ServicerContext) -> pb.ModesResponse:
         x, raw = self._inputs(request)
         runtime, out = await self.dataplane.infer(
-            "Modes", request.model.name, request.model.version, x, max_modes=request.max_modes
+            "Modes",
+            request.model.name,
+            request.model.version,
+            x,
+            max_modes=request.max_modes,
+            deadline=deadline_of(context),
         )
         modes = out.modes
         assert modes is not None

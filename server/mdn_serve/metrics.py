@@ -49,11 +49,34 @@ class Metrics:
         )
         self.postprocess_seconds = Histogram(
             "mdn_postprocess_duration_seconds",
-            "Mixture math (sampling, mode search) time per request, by method and model.",
-            ["method", "model"],
+            "Mixture math (sampling, mode search) time per batch, by model and version.",
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        batch_labels = ["model", "version"]
+        self.queue_seconds = Histogram(
+            "mdn_queue_duration_seconds", "Time requests wait in the batching queue.", batch_labels,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "mdn_queue_depth", "Requests waiting in the batching queue.", batch_labels, registry=r
+        )  # fmt: skip
+        self.batch_rows = Histogram(
+            "mdn_batch_rows", "Rows per ONNX Runtime execution (after batching).", batch_labels,
+            buckets=ROW_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.executions = Counter(
+            "mdn_executions", "ONNX Runtime executions (batches).", batch_labels, registry=r
+        )  # fmt: skip
+        self.inferences = Counter(
+            "mdn_inferences", "Requests computed; inferences / executions is the average batch size.",
+            batch_labels, registry=r,
+        )  # fmt: skip
+        self.rejections = Counter(
+            "mdn_rejected_requests", "Requests dropped by the batcher, by reason (queue_full, deadline, cancelled).",
+            [*batch_labels, "reason"], registry=r,
+        )  # fmt: skip
         self.rows = Histogram(
             "mdn_request_rows", "Input rows (batch size) per request, by method and model.", ["method", "model"],
             buckets=ROW_BUCKETS, registry=r,

@@ -66,6 +66,35 @@ def tempered_weights(weights: FloatArray, temperature: float) -> FloatArray:
     return out
 
 
+def sample_draws(
+    rng: np.random.Generator, rows: int, num_samples: int, dim: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The random numbers sample_mixture consumes: uniforms (B, N) and standard normals (B, N, D)."""
+    return rng.random((rows, num_samples)), rng.standard_normal((rows, num_samples, dim))
+
+
+def samples_from_draws(
+    weights: FloatArray,
+    means: FloatArray,
+    scales: FloatArray,
+    uniforms: NDArray[np.float64],
+    normals: NDArray[np.float64],
+    temperature: float = 1.0,
+) -> NDArray[np.float32]:
+    """Turn draws into mixture samples (B, N, D): inverse-CDF component choice, then scale and shift."""
+    batch = means.shape[0]
+    w = tempered_weights(weights, temperature)
+    cdf = np.cumsum(w, axis=-1)  # (B, K)
+    cdf[:, -1] = 1.0
+    # Vectorised inverse CDF: count the cdf entries at or below each draw.
+    comp = np.sum(uniforms[:, :, None] >= cdf[:, None, :-1], axis=-1)  # (B, N)
+    rows = np.arange(batch)[:, None]
+    mu = means[rows, comp]  # (B, N, D)
+    sigma = scales[rows, comp] * np.sqrt(temperature)
+    out: NDArray[np.float32] = (mu + sigma * normals).astype(np.float32)
+    return out
+
+
 def sample_mixture(
     weights: FloatArray,
     means: FloatArray,
@@ -82,19 +111,9 @@ def sample_mixture(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    batch, _, dim = means.shape
-    w = tempered_weights(weights, temperature)
-    cdf = np.cumsum(w, axis=-1)  # (B, K)
-    cdf[:, -1] = 1.0
-    u = rng.random((batch, num_samples))
-    # Inverse-CDF component choice, vectorised: count the cdf entries below each draw.
-    comp = np.sum(u[:, :, None] >= cdf[:, None, :-1], axis=-1)  # (B, N)
-    rows = np.arange(batch)[:, None]
-    mu = means[rows, comp]  # (B, N, D)
-    sigma = scales[rows, comp] * np.sqrt(temperature)
-    noise = rng.standard_normal((batch, num_samples, dim))
-    out: NDArray[np.float32] = (mu + sigma * noise).astype(np.float32)
-    return out
+    tempered_weights(weights[:0], temperature)  # validates the temperature before drawing
+    uniforms, normals = sample_draws(rng, means.shape[0], num_samples, means.shape[-1])
+    return samples_from_draws(weights, means, scales, uniforms, normals, temperature)
 
 
 DEFAULT_MIN_MASS = 1e-3
@@ -111,6 +130,19 @@ class Modes:
     log_density: NDArray[np.float32]
     mass: NDArray[np.float32]
     num_modes: NDArray[np.int32]
+
+    def take(self, start: int, stop: int, max_modes: int = 0) -> Modes:
+        """Rows start:stop, at most max_modes each (0: all), padded to their own widest row."""
+        num = self.num_modes[start:stop]
+        if max_modes:
+            num = np.minimum(num, max_modes)
+        width = int(num.max()) if len(num) else 0
+        return Modes(
+            self.modes[start:stop, :width],
+            self.log_density[start:stop, :width],
+            self.mass[start:stop, :width],
+            num,
+        )
 
 
 def _fixed_point(

@@ -20,7 +20,7 @@ from mdn_serve._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from mdn_serve.contract import INPUT_NAME
 from mdn_serve.dataplane import Dataplane, Outputs, SampleSpec
 from mdn_serve.errors import InvalidInput, ModelNotFound, Unavailable
-from mdn_serve.rpc import handler
+from mdn_serve.rpc import deadline_of, handler
 from mdn_serve.runtime import ModelRuntime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -230,7 +230,13 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         x, raw = decode_input(request, self.max_elements)
         todo = plan(request)
         runtime, out = await self.dataplane.infer(
-            "ModelInfer", runtime.name, runtime.version, x, sampling=todo.sampling, max_modes=todo.max_modes
+            "ModelInfer",
+            runtime.name,
+            runtime.version,
+            x,
+            sampling=todo.sampling,
+            max_modes=todo.max_modes,
+            deadline=deadline_of(context),
         )
         response = pb.ModelInferResponse(model_name=runtime.name, model_version=runtime.version, id=request.id)
         for name, datatype, array in output_arrays(out, todo.outputs):

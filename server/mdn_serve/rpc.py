@@ -12,7 +12,15 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from mdn_serve.dataplane import Dataplane
-from mdn_serve.errors import InvalidInput, LimitExceeded, MdnError, ModelNotFound, Unavailable
+from mdn_serve.errors import (
+    DeadlineExpired,
+    InvalidInput,
+    LimitExceeded,
+    MdnError,
+    ModelNotFound,
+    QueueFull,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +29,8 @@ STATUS_OF: dict[type[MdnError], grpc.StatusCode] = {
     LimitExceeded: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -32,6 +42,12 @@ S = TypeVar("S", bound=Servicer)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline as a time.monotonic() value, or None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:

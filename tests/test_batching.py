@@ -1,0 +1,200 @@
+"""Dynamic batching with a real ONNX Runtime session: same answers as unbatched, bounded queue, drops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+
+import numpy as np
+import pytest
+from mdn_serve.batching import BatchingConfig, DynamicBatcher, SampleSpec
+from mdn_serve.client import MdnClient
+from mdn_serve.errors import DeadlineExpired, QueueFull
+from mdn_serve.metrics import Metrics
+from mdn_serve.mixture import mixture_modes, sample_mixture
+from mdn_serve.runtime import CPU, ModelRuntime
+
+
+@pytest.fixture(scope="module")
+def runtime(trained):
+    path = trained["models"] / "two_link_arm" / "1" / "model.onnx"
+    return ModelRuntime("two_link_arm", "1", path, [CPU])
+
+
+def value(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, {"model": "two_link_arm", "version": "1", **labels}) or 0.0
+
+
+def make(runtime, executor, **config):
+    metrics = Metrics()
+    return DynamicBatcher(runtime, executor, metrics, BatchingConfig(**config)), metrics
+
+
+def requests(seed=0, count=24):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        x = rng.uniform([0.3, 0.3], [0.9, 0.8], (int(rng.integers(1, 6)), 2)).astype(np.float32)
+        sampling = SampleSpec(int(rng.integers(1, 4)) * 5, seed=i, temperature=[0.0, 0.5][i % 2]) if i % 3 else None
+        max_modes = [None, 0, 1][i % 3]
+        out.append((x, sampling, max_modes))
+    return out
+
+
+def test_batched_answers_equal_unbatched_ones_in_order(runtime):
+    executor = ThreadPoolExecutor(2)
+    batcher, metrics = make(runtime, executor, max_concurrent_batches=1)
+    todo = requests()
+
+    async def run():
+        return await asyncio.gather(*(batcher.submit(x, s, m) for x, s, m in todo))
+
+    results = asyncio.run(run())
+    assert value(metrics, "mdn_inferences_total") == len(todo)
+    assert value(metrics, "mdn_executions_total") < len(todo)  # requests really were merged
+    # ONNX Runtime's kernels may round a row differently inside a bigger batch (one float32 ulp).
+    close: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-6}
+    for (x, sampling, max_modes), got in zip(todo, results, strict=True):
+        alone = runtime.run(x)
+        np.testing.assert_allclose(got.mixture.weights, alone.weights, **close)
+        np.testing.assert_allclose(got.mixture.means, alone.means, **close)
+        np.testing.assert_allclose(got.mixture.scales, alone.scales, **close)
+        if sampling is None:
+            assert got.samples is None
+        else:
+            rng = np.random.default_rng(sampling.seed)
+            expected = sample_mixture(alone.weights, alone.means, alone.scales, sampling.num_samples, rng, sampling.tau)
+            np.testing.assert_allclose(got.samples, expected, **close)
+        if max_modes is None:
+            assert got.modes is None
+        else:
+            want = mixture_modes(alone.weights, alone.means, alone.scales, max_modes=max_modes)
+            np.testing.assert_array_equal(got.modes.num_modes, want.num_modes)
+            np.testing.assert_allclose(got.modes.modes, want.modes, **close)
+            np.testing.assert_allclose(got.modes.mass, want.mass, **close)
+    executor.shutdown()
+
+
+def test_batches_respect_max_batch_rows(runtime):
+    executor = ThreadPoolExecutor(1)
+    batcher, metrics = make(runtime, executor, max_batch_rows=10, max_concurrent_batches=1)
+    x = np.full((4, 2), 0.6, np.float32)
+
+    async def run():
+        return await asyncio.gather(*(batcher.submit(x) for _ in range(9)))
+
+    asyncio.run(run())
+    rows_sum = value(metrics, "mdn_batch_rows_sum")
+    executions = value(metrics, "mdn_executions_total")
+    assert rows_sum == 36 and executions >= 4  # at most two 4-row requests fit in 10 rows
+    assert (
+        metrics.registry.get_sample_value(
+            "mdn_batch_rows_bucket", {"model": "two_link_arm", "version": "1", "le": "8.0"}
+        )
+        == executions
+    )
+    executor.shutdown()
+
+
+def blocked_executor():
+    """A one-thread executor whose thread is busy until the returned event is set."""
+    executor = ThreadPoolExecutor(1)
+    release = threading.Event()
+    executor.submit(release.wait, 30)
+    return executor, release
+
+
+def test_full_queue_rejects_at_once_and_recovers(runtime):
+    executor, release = blocked_executor()
+    batcher, metrics = make(runtime, executor, max_queue_size=2, max_concurrent_batches=1)
+    x = np.full((1, 2), 0.6, np.float32)
+
+    async def run():
+        first = asyncio.ensure_future(batcher.submit(x))  # taken into a batch, stuck on the busy thread
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(x)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        start = time.perf_counter()
+        with pytest.raises(QueueFull, match="2 requests queued"):
+            await batcher.submit(x)
+        rejected_in = time.perf_counter() - start
+        release.set()
+        await asyncio.gather(first, *queued)
+        await batcher.submit(x)  # serving again
+        return rejected_in
+
+    rejected_in = asyncio.run(run())
+    assert rejected_in < 0.05
+    assert value(metrics, "mdn_rejected_requests_total", reason="queue_full") == 1
+    assert value(metrics, "mdn_inferences_total") == 4
+    executor.shutdown()
+
+
+def test_expired_and_cancelled_requests_are_not_computed(runtime):
+    executor, release = blocked_executor()
+    batcher, metrics = make(runtime, executor, max_concurrent_batches=1)
+    x = np.full((1, 2), 0.6, np.float32)
+
+    async def run():
+        first = asyncio.ensure_future(batcher.submit(x))
+        await asyncio.sleep(0.05)
+        expired = asyncio.ensure_future(batcher.submit(x, deadline=time.monotonic() + 0.01))
+        cancelled = asyncio.ensure_future(batcher.submit(x))
+        kept = asyncio.ensure_future(batcher.submit(x, deadline=time.monotonic() + 30))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        await first
+        with pytest.raises(DeadlineExpired):
+            await expired
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await kept
+
+    asyncio.run(run())
+    assert value(metrics, "mdn_rejected_requests_total", reason="deadline") == 1
+    assert value(metrics, "mdn_rejected_requests_total", reason="cancelled") == 1
+    assert value(metrics, "mdn_inferences_total") == 2  # first and kept only
+    executor.shutdown()
+
+
+def test_queue_delay_lets_a_lone_request_wait_for_company(runtime):
+    executor = ThreadPoolExecutor(1)
+    batcher, metrics = make(runtime, executor, max_queue_delay=0.3, max_concurrent_batches=1)
+    x = np.full((1, 2), 0.6, np.float32)
+
+    async def run():
+        first = asyncio.ensure_future(batcher.submit(x))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, batcher.submit(x))
+
+    asyncio.run(run())
+    assert value(metrics, "mdn_executions_total") == 1 and value(metrics, "mdn_inferences_total") == 2
+    executor.shutdown()
+
+
+def test_concurrent_clients_get_their_own_answers(server):
+    """Many threads at once through the real server: every reply matches that request alone."""
+    rng = np.random.default_rng(3)
+    inputs = [rng.uniform([0.3, 0.3], [0.9, 0.8], (int(rng.integers(1, 8)), 2)).astype(np.float32) for _ in range(48)]
+    with MdnClient(server.target) as client:
+        expected = [(client.predict("two_link_arm", x).means, client.sample("two_link_arm", x, 5, seed=i).samples)
+                    for i, x in enumerate(inputs)]  # fmt: skip
+
+        def call(i):
+            return client.predict("two_link_arm", inputs[i]).means, client.sample(
+                "two_link_arm", inputs[i], 5, seed=i
+            ).samples
+
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(call, i) for i in range(len(inputs))]
+            wait_futures(futures)
+    for (means, samples), future in zip(expected, futures, strict=True):
+        got_means, got_samples = future.result()
+        np.testing.assert_allclose(got_means, means, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got_samples, samples, rtol=1e-5, atol=1e-6)
