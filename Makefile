@@ -11,7 +11,8 @@ NODE_STAMP := $(if $(shell command -v node),$(NODE_DIR)/node_modules/.installed)
 MODELS ?= models
 RUNS ?= runs
 
-.PHONY: install install-cuda train export serve test lint proto lock clean help
+.PHONY: install install-cuda train export serve loadtest bench test lint proto lock clean help
+LOADTEST_ARGS ?= --model two_link_arm --rpc predict --batch 1 --concurrency 16 --duration 10
 PROTO_OUT := server/mdn_serve/_proto
 PROTOS := $(wildcard proto/mdn/v1/*.proto)
 
@@ -20,6 +21,8 @@ help:
 	@echo "make train     train the default MDNs and least-squares baselines into $(RUNS)/"
 	@echo "make export    export ONNX models to $(MODELS)/<name>/<version>/, evaluate them, plot"
 	@echo "make serve     serve $(MODELS)/ over gRPC on :8001, Prometheus metrics on :8002"
+	@echo "make loadtest  load-test a running server (LOADTEST_ARGS=...)"
+	@echo "make bench     benchmark against the in-process and no-op ceilings -> $(RUNS)/bench/"
 	@echo "make test      lint, type-check and run the test suite"
 	@echo "make proto     regenerate $(PROTO_OUT) from proto/"
 	@echo "make lint      ruff + mypy"
@@ -56,6 +59,14 @@ export: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/mdn-serve --model-repository $(MODELS)
+
+# Against a running `make serve` (or --target elsewhere): make loadtest LOADTEST_ARGS="--rpc modes --batch 64"
+loadtest: $(STAMP)
+	$(BIN)/mdn-loadtest $(LOADTEST_ARGS)
+
+# Our server against in-process ONNX Runtime and a no-op gRPC server, same run: runs/bench/report.md
+bench: $(STAMP)
+	$(BIN)/mdn-bench --models $(MODELS) --out $(RUNS)/bench $(BENCH_ARGS)
 
 # Generated code lives in $(PROTO_OUT) only; tests/test_proto.py fails if it drifts from proto/.
 proto: $(STAMP)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,7 +114,8 @@ def test_full_queue_rejects_at_once_and_recovers(runtime):
     x = np.full((1, 2), 0.6, np.float32)
 
     async def run():
-        first = asyncio.ensure_future(batcher.submit(x))  # taken into a batch, stuck on the busy thread
+        # Mode searches run on the compute threads: this one is stuck on the busy thread.
+        first = asyncio.ensure_future(batcher.submit(x, max_modes=0))
         await asyncio.sleep(0.05)
         queued = [asyncio.ensure_future(batcher.submit(x)) for _ in range(2)]
         await asyncio.sleep(0.05)
@@ -140,7 +141,7 @@ def test_expired_and_cancelled_requests_are_not_computed(runtime):
     x = np.full((1, 2), 0.6, np.float32)
 
     async def run():
-        first = asyncio.ensure_future(batcher.submit(x))
+        first = asyncio.ensure_future(batcher.submit(x, max_modes=0))  # stuck on the busy compute thread
         await asyncio.sleep(0.05)
         expired = asyncio.ensure_future(batcher.submit(x, deadline=time.monotonic() + 0.01))
         cancelled = asyncio.ensure_future(batcher.submit(x))
@@ -160,6 +161,24 @@ def test_expired_and_cancelled_requests_are_not_computed(runtime):
     assert value(metrics, "mdn_rejected_requests_total", reason="deadline") == 1
     assert value(metrics, "mdn_rejected_requests_total", reason="cancelled") == 1
     assert value(metrics, "mdn_inferences_total") == 2  # first and kept only
+    executor.shutdown()
+
+
+def test_small_plain_batches_run_inline_and_big_ones_on_the_compute_threads(runtime):
+    executor, release = blocked_executor()
+    batcher, metrics = make(runtime, executor, max_concurrent_batches=2, inline_rows=8)
+    small, big = np.full((8, 2), 0.6, np.float32), np.full((9, 2), 0.6, np.float32)
+
+    async def run():
+        assert (await batcher.submit(small)).mixture.weights.shape == (8, 3)  # done while the thread is busy
+        pending = asyncio.ensure_future(batcher.submit(big))
+        await asyncio.sleep(0.1)
+        assert not pending.done()  # waits for the compute thread
+        release.set()
+        await pending
+
+    asyncio.run(run())
+    assert value(metrics, "mdn_inferences_total") == 2
     executor.shutdown()
 
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from mdn_serve.mixture import _is_local_max, log_density, mixture_modes, sample_mixture, tempered_weights
+from mdn_serve.mixture import _density_and_peak, log_density, mixture_modes, sample_mixture, tempered_weights
 
 
 def random_mixture(rng: np.random.Generator, batch: int, k: int, d: int, spread: float = 3.0):
@@ -178,13 +178,19 @@ def test_max_modes_truncates_and_padding_is_per_batch_width():
     np.testing.assert_allclose(top.modes[0, 0, 0], 20.0, atol=1e-3)
 
 
-def test_saddle_is_not_a_mode():
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_saddle_is_not_a_mode(dim):
+    # Two equal components 2*sqrt(2) sigma apart: the midpoint is a minimum along the axis joining
+    # them (and a maximum across it when dim > 1), so never a mode; the means are modes.
     w = np.array([[0.5, 0.5]])
-    m = np.array([[[-1.0, 0.0], [1.0, 0.0]]])
-    s = np.full((1, 2, 2), 0.3)
-    precisions = 1 / s**2
-    points = np.array([[[0.0, 0.0], [-1.0, 0.0], [1.0, 0.0]]])
-    assert _is_local_max(np.log(w), m, precisions, points).tolist() == [[False, True, True]]
+    m = np.zeros((1, 2, dim))
+    m[0, :, 0] = [-1.0, 1.0]
+    s = np.full((1, 2, dim), 0.7)
+    points = np.zeros((1, 3, dim))
+    points[0, 1:, 0] = [-0.93, 0.93]  # near the means (the peaks move inwards slightly)
+    log_p, peak = _density_and_peak(np.log(w), m, 1 / s**2, points)
+    assert peak.tolist() == [[False, True, True]]
+    np.testing.assert_allclose(log_p, log_density(w, m, s, points))
 
 
 def test_min_mass_drops_negligible_modes():

@@ -20,7 +20,9 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8002  # -1 disables the metrics endpoint
     device: str = "cpu"
-    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    # One thread per ONNX Runtime call: the compute threads already run batches in parallel, and
+    # an intra-op pool spins between the many small calls a server makes.
+    intra_op_threads: int = 1
     inter_op_threads: int = 0
     compute_threads: int = 2  # worker threads that run ONNX Runtime and the mixture math
     max_rows: int = 8192  # rows (B) per request
@@ -60,7 +62,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--metrics-host", str, "address of the Prometheus /metrics endpoint")
     add("--metrics-port", int, "Prometheus port; 0 picks a free one, -1 disables it")
     add("--device", str, "ONNX Runtime device", choices=DEVICES)
-    add("--intra-op-threads", int, "ONNX Runtime intra-op threads; 0 for its default")
+    add("--intra-op-threads", int, "ONNX Runtime intra-op threads per call; 0 for one per core")
     add("--inter-op-threads", int, "ONNX Runtime inter-op threads; 0 for its default")
     add("--compute-threads", int, "threads running inference and mixture math off the event loop")
     add("--max-rows", int, "largest batch (rows) per request")

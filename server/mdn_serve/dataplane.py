@@ -125,6 +125,6 @@ class Dataplane:
             self._check_sampling(sampling, x.shape[0])
         if max_modes is not None and max_modes < 0:
             raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {max_modes}")
-        self.metrics.rows.labels(method, runtime.name).observe(x.shape[0])
+        self.metrics.child(self.metrics.rows, method, runtime.name).observe(x.shape[0])
         batcher = self._batchers[(runtime.name, runtime.version)]
         return runtime, await batcher.submit(x, sampling, max_modes, deadline)

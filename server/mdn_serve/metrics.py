@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 # From 50 us to 30 s, about 4 buckets per factor of 2.5: fine enough to read p50/p99 of
 # sub-millisecond requests and still cover slow mode searches on big batches.
@@ -18,6 +22,7 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.request_seconds = Histogram(
             "mdn_request_duration_seconds",
@@ -85,3 +90,11 @@ class Metrics:
             "mdn_model_info", "1 for each loaded model version, labelled with the execution provider.",
             ["model", "version", "provider"], registry=r,
         )  # fmt: skip
+
+    def child(self, metric: M, *labels: str) -> M:
+        """metric.labels(*labels), cached: the request path asks for the same few children all the time."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

@@ -179,19 +179,30 @@ def _fixed_point(
     return out
 
 
-def _is_local_max(log_w: FloatArray, means: FloatArray, precisions: FloatArray, x: FloatArray) -> NDArray[np.bool_]:
-    """True where the Hessian of p at x is negative definite (a mode, not a saddle)."""
+def _density_and_peak(
+    log_w: FloatArray, means: FloatArray, precisions: FloatArray, x: FloatArray
+) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """log p(x) at each point (B, S), and whether the Hessian of p is negative definite there.
+
+    A point where the Hessian is not negative definite is a saddle (or a flat spot), not a mode.
+    """
     scales = 1.0 / np.sqrt(precisions)
-    log_r = _component_log_density(x, means, scales) + log_w[:, None, :]
-    log_r -= _logsumexp(log_r, axis=-1)[:, :, None]
-    r = np.exp(log_r)  # (B, S, K)
+    log_joint = _component_log_density(x, means, scales) + log_w[:, None, :]  # (B, S, K)
+    log_p = _logsumexp(log_joint, axis=-1)
+    r = np.exp(log_joint - log_p[:, :, None])  # responsibilities
     grad = -(x[:, :, None, :] - means[:, None, :, :]) * precisions[:, None, :, :]  # (B, S, K, D)
     outer = np.einsum("bsk,bskd,bske->bsde", r, grad, grad)
     diag = np.einsum("bsk,bkd->bsd", r, precisions)
-    hessian = outer - np.einsum("bsd,de->bsde", diag, np.eye(x.shape[-1]))  # H / p(x)
-    eig = np.linalg.eigvalsh(hessian)
-    out: NDArray[np.bool_] = np.all(eig < 0.0, axis=-1)
-    return out
+    dim = x.shape[-1]
+    hessian = outer - diag[..., None] * np.eye(dim)  # H / p(x)
+    if dim == 1:
+        peak = hessian[..., 0, 0] < 0.0
+    elif dim == 2:  # a symmetric 2x2 matrix is negative definite iff its trace < 0 and det > 0
+        a, b, d = hessian[..., 0, 0], hessian[..., 0, 1], hessian[..., 1, 1]
+        peak = (a + d < 0.0) & (a * d - b * b > 0.0)
+    else:
+        peak = np.all(np.linalg.eigvalsh(hessian) < 0.0, axis=-1)
+    return log_p, peak
 
 
 def mixture_modes(
@@ -238,8 +249,8 @@ def mixture_modes(
     mass = np.zeros((batch, k))
     np.add.at(mass, (np.broadcast_to(rows, parent.shape), parent), w)
 
-    keep = is_rep & _is_local_max(log_w, mu, precisions, x) & (mass >= min_mass)
-    dens = log_density(w, mu, sigma, x)  # (B, S)
+    dens, peak = _density_and_peak(log_w, mu, precisions, x)  # (B, S) each
+    keep = is_rep & peak & (mass >= min_mass)
 
     num_modes = keep.sum(axis=1).astype(np.int32)
     if max_modes:

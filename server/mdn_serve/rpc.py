@@ -76,7 +76,8 @@ def handler(
                 model = "unknown"  # keep label cardinality bounded whatever clients send
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            metrics.in_flight.labels(protocol, method).inc()
+            in_flight = metrics.child(metrics.in_flight, protocol, method)
+            in_flight.inc()
             try:
                 return await fn(self, request, context)
             except MdnError as exc:
@@ -90,12 +91,12 @@ def handler(
                 log.exception("%s %s failed", protocol, method)
                 await context.abort(code, "internal error; the server log has the details")
             finally:
-                metrics.in_flight.labels(protocol, method).dec()
+                in_flight.dec()
                 labels = (protocol, method, model, code.name)
-                metrics.request_seconds.labels(*labels).observe(time.perf_counter() - start)
-                metrics.requests.labels(*labels).inc()
+                metrics.child(metrics.request_seconds, *labels).observe(time.perf_counter() - start)
+                metrics.child(metrics.requests, *labels).inc()
                 if code != grpc.StatusCode.OK:
-                    metrics.errors.labels(*labels).inc()
+                    metrics.child(metrics.errors, *labels).inc()
             raise AssertionError("unreachable: abort raises")
 
         return wrapped

@@ -138,7 +138,7 @@ def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plot
             config=run.to_dict(),
             metrics=metrics,
             kinematics=checkpoint["kinematics"],
-            extra={"training": checkpoint["summary"]},
+            extra={"training": checkpoint["summary"], **_input_range(run)},
         )
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, meta.to_json()
@@ -155,6 +155,12 @@ def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plot
         raise
     _print_summary(run.name, ver, final / MODEL_FILENAME, metrics)
     return final / MODEL_FILENAME
+
+
+def _input_range(run: RunConfig) -> dict[str, list[float]]:
+    """The training inputs' per-column range, so clients and load generators can make valid inputs."""
+    train = split(make_dataset(run.data), run.data).train
+    return {"input_min": train.inputs.min(axis=0).tolist(), "input_max": train.inputs.max(axis=0).tolist()}
 
 
 def _test_split(run: RunConfig, checkpoint: dict[str, Any]) -> Dataset:

@@ -1,0 +1,349 @@
+"""A gRPC load generator for mdn-serve (either protocol): `mdn-loadtest`.
+
+Closed loop: N clients, each sends its next request when the last one returns. Open loop:
+requests leave at a fixed rate whatever happens, and latency is measured from each request's
+scheduled send time, so a server stall shows up as latency instead of being hidden by a
+client that waited. Every run is bounded by a duration and a request count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+
+from mdn_serve._proto.inference import grpc_service_pb2 as oip
+from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
+from mdn_serve.kinematics import PlanarArm
+
+RPCS = ("predict", "sample", "modes")
+PROTOCOLS = ("mdn", "oip")
+MAX_DURATION = 3600.0
+DISTINCT_INPUTS = 16  # requests cycle through this many pre-encoded payloads
+MAX_OUTSTANDING = 10_000  # open loop: sends in flight before the client counts itself saturated
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    target: str = "localhost:8001"
+    model: str = "two_link_arm"
+    protocol: str = "mdn"
+    rpc: str = "predict"
+    batch: int = 1
+    num_samples: int = 100
+    concurrency: int = 16  # closed loop: clients in flight
+    rate: float = 0.0  # open loop when > 0: requests per second
+    duration: float = 10.0
+    max_requests: int = 10_000_000
+    warmup: float = 1.0  # seconds of load before measuring
+    timeout: float = 30.0
+    channels: int = 1
+    tls: bool = False
+    ca_cert: str = ""
+    seed: int = 0
+
+
+@dataclass
+class LoadResult:
+    config: dict[str, Any]
+    seconds: float
+    requests: int
+    rows: int
+    requests_per_second: float
+    rows_per_second: float
+    latency_ms: dict[str, float]
+    codes: dict[str, int] = field(default_factory=dict)
+    skipped_sends: int = 0  # open loop: sends dropped because too many were outstanding
+
+    @property
+    def errors(self) -> int:
+        return sum(n for code, n in self.codes.items() if code != "OK")
+
+
+def model_inputs(metadata: dict[str, Any], input_dim: int, batch: int, rng: np.random.Generator) -> NDArray[np.float32]:
+    """Inputs in the model's domain: reachable targets for arms, the training range otherwise."""
+    kin = metadata.get("kinematics")
+    if isinstance(kin, dict):
+        arm = PlanarArm.from_metadata(kin)
+        limits = np.asarray(arm.joint_limits)
+        return arm.forward(rng.uniform(limits[:, 0], limits[:, 1], (batch, arm.num_joints))).astype(np.float32)
+    low, high = metadata.get("input_min"), metadata.get("input_max")
+    if isinstance(low, list) and isinstance(high, list) and len(low) == len(high) == input_dim:
+        return rng.uniform(low, high, (batch, input_dim)).astype(np.float32)
+    return rng.standard_normal((batch, input_dim)).astype(np.float32)
+
+
+def encode_request(config: LoadConfig, x: NDArray[np.float32]) -> tuple[str, bytes]:
+    """(method path, serialized request) for one batch; raw little-endian tensors."""
+    raw = np.ascontiguousarray(x, "<f4").tobytes()
+    if config.protocol == "mdn":
+        ref = pb.ModelRef(name=config.model)
+        tensor = pb.Tensor(shape=x.shape, raw=raw)
+        message: Any
+        if config.rpc == "predict":
+            message = pb.PredictRequest(model=ref, inputs=tensor)
+        elif config.rpc == "sample":
+            message = pb.SampleRequest(model=ref, inputs=tensor, num_samples=config.num_samples)
+        else:
+            message = pb.ModesRequest(model=ref, inputs=tensor)
+        return f"/mdn.v1.MixtureDensityService/{config.rpc.capitalize()}", message.SerializeToString()
+    request = oip.ModelInferRequest(model_name=config.model)
+    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(raw)
+    if config.rpc == "sample":
+        request.outputs.add(name="samples")
+        request.parameters["num_samples"].int64_param = config.num_samples
+    elif config.rpc == "modes":
+        for name in ("modes", "mode_mass", "num_modes"):
+            request.outputs.add(name=name)
+    return "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
+
+
+def _channel(config: LoadConfig) -> grpc.aio.Channel:
+    options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
+    if config.tls:
+        root = Path(config.ca_cert).read_bytes() if config.ca_cert else None
+        return grpc.aio.secure_channel(config.target, grpc.ssl_channel_credentials(root), options=options)
+    return grpc.aio.insecure_channel(config.target, options=options)
+
+
+async def fetch_metadata(config: LoadConfig) -> tuple[dict[str, Any], int]:
+    """The model's metadata JSON and input width, from mdn.v1 GetModel (or OIP ModelMetadata)."""
+    async with _channel(config) as channel:
+        try:
+            get = channel.unary_unary(
+                "/mdn.v1.MixtureDensityService/GetModel",
+                request_serializer=pb.GetModelRequest.SerializeToString,
+                response_deserializer=pb.ModelInfo.FromString,
+            )
+            info = await get(pb.GetModelRequest(model=pb.ModelRef(name=config.model)), timeout=config.timeout)
+            return json.loads(info.metadata_json or "{}"), info.input_dim
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        meta = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelMetadata",
+            request_serializer=oip.ModelMetadataRequest.SerializeToString,
+            response_deserializer=oip.ModelMetadataResponse.FromString,
+        )
+        response = await meta(oip.ModelMetadataRequest(name=config.model), timeout=config.timeout)
+        return {}, int(response.inputs[0].shape[-1])
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.codes: Counter[str] = Counter()
+        self.measuring = False
+
+    def record(self, seconds: float, code: str) -> None:
+        if self.measuring:
+            self.latencies.append(seconds)
+            self.codes[code] += 1
+
+
+async def run_load(
+    config: LoadConfig, progress: bool = False, model_info: tuple[dict[str, Any], int] | None = None
+) -> LoadResult:
+    """Drive the target with config's load; returns throughput, latency percentiles and status codes.
+
+    model_info (metadata JSON, input width) is fetched from the target unless given.
+    """
+    if not 0 < config.duration <= MAX_DURATION:
+        raise ValueError(f"duration must be in (0, {MAX_DURATION}] seconds")
+    metadata, input_dim = model_info if model_info is not None else await fetch_metadata(config)
+    rng = np.random.default_rng(config.seed)
+    payloads = [
+        encode_request(config, model_inputs(metadata, input_dim, config.batch, rng)) for _ in range(DISTINCT_INPUTS)
+    ]
+    method = payloads[0][0]
+    bodies = [body for _, body in payloads]
+    channels = [_channel(config) for _ in range(max(1, config.channels))]
+    calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in channels]
+    recorder = _Recorder()
+    sent = 0
+    stop_at = math.inf
+    skipped = 0
+
+    async def one(i: int, scheduled: float) -> None:
+        code = "OK"
+        try:
+            await calls[i % len(calls)](bodies[i % len(bodies)], timeout=config.timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        recorder.record(time.perf_counter() - scheduled, code)
+
+    async def closed_client(worker: int) -> None:
+        nonlocal sent
+        while time.perf_counter() < stop_at and sent < config.max_requests:
+            sent += 1
+            await one(sent + worker, time.perf_counter())
+
+    async def open_loop() -> None:
+        nonlocal sent, skipped
+        interval = 1.0 / config.rate
+        outstanding: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        i = 0
+        while sent < config.max_requests:
+            scheduled = start + i * interval
+            if scheduled >= stop_at:
+                break
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            i += 1
+            if len(outstanding) >= MAX_OUTSTANDING:
+                skipped += 1  # the client itself cannot keep up; counted, not hidden
+                continue
+            sent += 1
+            task = asyncio.ensure_future(one(i, scheduled))
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+        if outstanding:
+            await asyncio.gather(*outstanding)
+
+    async def report_progress(begin: float) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            lat = recorder.latencies
+            done = len(lat)
+            elapsed = time.perf_counter() - begin
+            p50 = 1000 * float(np.percentile(lat[-5000:], 50)) if lat else 0.0
+            p99 = 1000 * float(np.percentile(lat[-5000:], 99)) if lat else 0.0
+            errors = sum(n for c, n in recorder.codes.items() if c != "OK")
+            print(
+                f"\r{elapsed:6.1f}s  {done:9d} req  {done / max(elapsed, 1e-9):9.0f} req/s  "
+                f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), config.timeout)
+        begin_load = time.perf_counter()
+        stop_at = begin_load + config.warmup + config.duration
+        load = (
+            asyncio.ensure_future(open_loop())
+            if config.rate > 0
+            else asyncio.gather(*(closed_client(w) for w in range(config.concurrency)))
+        )
+        if config.warmup > 0:
+            await asyncio.sleep(config.warmup)
+        recorder.measuring = True
+        begin = time.perf_counter()
+        ticker = asyncio.ensure_future(report_progress(begin)) if progress else None
+        await load
+        seconds = time.perf_counter() - begin
+        if ticker is not None:
+            ticker.cancel()
+            print(file=sys.stderr)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+    lat = np.asarray(recorder.latencies) * 1000.0
+    count = len(lat)
+    pct = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if count else {}
+    return LoadResult(
+        config=asdict(config),
+        seconds=seconds,
+        requests=count,
+        rows=count * config.batch,
+        requests_per_second=count / seconds if seconds > 0 else 0.0,
+        rows_per_second=count * config.batch / seconds if seconds > 0 else 0.0,
+        latency_ms={**pct, "max": float(lat.max()) if count else 0.0, "mean": float(lat.mean()) if count else 0.0},
+        codes=dict(recorder.codes),
+        skipped_sends=skipped,
+    )
+
+
+def format_result(r: LoadResult) -> str:
+    c = r.config
+    mode = f"open loop at {c['rate']:g} req/s" if c["rate"] > 0 else f"closed loop, {c['concurrency']} clients"
+    lines = [
+        f"{c['protocol']} {c['rpc']} on {c['model']} at {c['target']}, batch {c['batch']}, {mode}, {r.seconds:.1f} s",
+        "",
+        "| requests | req/s | rows/s | p50 ms | p90 ms | p99 ms | max ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {r.requests} | {r.requests_per_second:.0f} | {r.rows_per_second:.0f} | "
+        f"{r.latency_ms.get('p50', 0):.3f} | {r.latency_ms.get('p90', 0):.3f} | {r.latency_ms.get('p99', 0):.3f} | "
+        f"{r.latency_ms.get('max', 0):.3f} | {r.errors} |",
+    ]
+    if r.codes:
+        lines.append("")
+        lines.append("status codes: " + ", ".join(f"{k} {v}" for k, v in sorted(r.codes.items())))
+    if r.skipped_sends:
+        lines.append(f"sends skipped because the client could not keep up: {r.skipped_sends}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = LoadConfig()
+    p = argparse.ArgumentParser(prog="mdn-loadtest", description="Load-test an mdn-serve server over gRPC.")
+    p.add_argument("--target", default=d.target, help="host:port (default: %(default)s, this machine)")
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--protocol", choices=PROTOCOLS, default=d.protocol, help="mdn (mdn.v1) or oip (KServe v2)")
+    p.add_argument("--rpc", choices=RPCS, default=d.rpc)
+    p.add_argument("--batch", type=int, default=d.batch, help="rows per request")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="samples per row for --rpc sample")
+    p.add_argument("--concurrency", type=int, default=d.concurrency, help="closed loop: clients in flight")
+    p.add_argument("--rate", type=float, default=d.rate, help="open loop: requests per second (0: closed loop)")
+    p.add_argument("--duration", type=float, default=d.duration, help="seconds measured, after --warmup")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="seconds of load before measuring")
+    p.add_argument("--max-requests", type=int, default=d.max_requests, help="stop after this many requests")
+    p.add_argument("--timeout", type=float, default=d.timeout, help="deadline per request, seconds")
+    p.add_argument("--channels", type=int, default=d.channels, help="gRPC channels (connections) to spread over")
+    p.add_argument("--tls", action="store_true", help="use TLS")
+    p.add_argument("--ca-cert", default="", help="CA certificate (PEM) that signed the server's certificate")
+    p.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    problems = []
+    if args.batch < 1:
+        problems.append("--batch must be >= 1")
+    if args.concurrency < 1:
+        problems.append("--concurrency must be >= 1")
+    if args.rate < 0:
+        problems.append("--rate must be >= 0")
+    if not 0 < args.duration <= MAX_DURATION:
+        problems.append(f"--duration must be in (0, {MAX_DURATION:.0f}] seconds")
+    if args.max_requests < 1:
+        problems.append("--max-requests must be >= 1")
+    if problems:
+        build_parser().error("; ".join(problems))
+    fields = {k: v for k, v in vars(args).items() if k in LoadConfig.__dataclass_fields__}
+    config = LoadConfig(**fields)
+    try:
+        result = asyncio.run(run_load(config, progress=not args.quiet))
+    except grpc.aio.AioRpcError as exc:
+        print(f"mdn-loadtest: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"mdn-loadtest: error: no connection to {config.target} within {config.timeout} s", file=sys.stderr)
+        return 1
+    print(format_result(result))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
