@@ -63,7 +63,7 @@ def start_server(log_path: Path, *args: str, wait_for: str = "SERVING", timeout:
     """Run `mdn-serve --port 0 --metrics-port 0 ...` and wait until its log says wait_for."""
     with log_path.open("wb") as handle:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mdn_serve.app", "--port", "0", "--metrics-port", "0", *args],
+            [sys.executable, "-m", "mdn_serve.cli", "--port", "0", "--metrics-port", "0", *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -32,7 +32,7 @@ REQUEST = pb.PredictRequest(
 
 def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mdn_serve.app", "--port", "0", "--metrics-port", "-1", *args],
+        [sys.executable, "-m", "mdn_serve.cli", "--port", "0", "--metrics-port", "-1", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from mdn_serve.batching import BatchingConfig
-from mdn_serve.config import Settings, parse_settings
+from mdn_serve.config import Settings
 from mdn_serve.dataplane import Dataplane, Limits
 from mdn_serve.errors import MdnError
 from mdn_serve.grpc_service import SERVICE_NAME, MdnServicer
@@ -111,7 +111,8 @@ class MdnServer:
         await self.server.wait_for_termination()
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, on_serving: Callable[[MdnServer], None] | None = None) -> None:
+    """Run one server until SIGTERM or SIGINT; on_serving is called once it reports SERVING."""
     server = MdnServer(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,20 +123,17 @@ async def serve(settings: Settings) -> None:
     except BaseException:
         await server.stop(0)
         raise
+    if on_serving is not None:
+        on_serving(server)
     await stopping.wait()
     log.info("shutting down: finishing in-flight requests (grace %.1f s)", settings.grace_seconds)
     await server.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def run(settings: Settings, on_serving: Callable[[MdnServer], None] | None = None) -> int:
+    """Serve until a signal; the process exit code (1 for a start-up error, logged)."""
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, on_serving))
     except MdnError as exc:
         log.error("%s", exc)
         return 1
@@ -143,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mdn_serve.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ class ServerProcess:
 def start_server(models: Path, extra: list[str]) -> ServerProcess:
     start = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mdn_serve.app", "--model-repository", str(models), "--port", "0",
+        [sys.executable, "-m", "mdn_serve.cli", "--model-repository", str(models), "--port", "0",
          "--metrics-port", "-1", "--max-rows", "16384", "--max-batch-rows", "16384", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip

@@ -31,6 +31,7 @@ class Settings:
     max_batch_rows: int = 8192  # rows per merged ONNX Runtime call
     max_queue_delay_ms: float = 0.0  # 0: batch what is already queued, never wait for more
     max_queue_size: int = 1024  # queued requests per model version before RESOURCE_EXHAUSTED
+    workers: int = 1  # server processes sharing the port (SO_REUSEPORT)
     grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
     log_level: str = "INFO"
 
@@ -71,6 +72,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-batch-rows", int, "most rows dynamic batching merges into one ONNX Runtime call")
     add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0 never waits")
     add("--max-queue-size", int, "requests queued per model version before new ones get RESOURCE_EXHAUSTED")
+    add("--workers", int, "server processes sharing the gRPC port; metrics cover all of them")
     add("--grace-seconds", float, "time in-flight requests get to finish on SIGTERM/SIGINT")
     add("--log-level", str, "DEBUG, INFO, WARNING or ERROR")
     return p
@@ -83,7 +85,15 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     args = parser.parse_args(argv)
     settings = Settings(**vars(args))
     problems = []
-    for name in ("compute_threads", "max_rows", "max_samples", "max_message_bytes", "max_batch_rows", "max_queue_size"):
+    for name in (
+        "workers",
+        "compute_threads",
+        "max_rows",
+        "max_samples",
+        "max_message_bytes",
+        "max_batch_rows",
+        "max_queue_size",
+    ):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("intra_op_threads", "inter_op_threads"):

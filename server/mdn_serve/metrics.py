@@ -43,7 +43,7 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "mdn_requests_in_flight", "Requests being handled now, by protocol and method.", ["protocol", "method"],
-            registry=r,
+            registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.compute_seconds = Histogram(
             "mdn_inference_duration_seconds",
@@ -65,7 +65,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge(
-            "mdn_queue_depth", "Requests waiting in the batching queue.", batch_labels, registry=r
+            "mdn_queue_depth", "Requests waiting in the batching queue.", batch_labels, registry=r,
+            multiprocess_mode="livesum",
         )  # fmt: skip
         self.batch_rows = Histogram(
             "mdn_batch_rows", "Rows per ONNX Runtime execution (after batching).", batch_labels,
@@ -88,7 +89,7 @@ class Metrics:
         )  # fmt: skip
         self.model_info = Gauge(
             "mdn_model_info", "1 for each loaded model version, labelled with the execution provider.",
-            ["model", "version", "provider"], registry=r,
+            ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
     def child(self, metric: M, *labels: str) -> M:
