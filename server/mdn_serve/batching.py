@@ -16,6 +16,7 @@ import asyncio
 import collections
 import itertools
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -57,10 +58,14 @@ class BatchingConfig:
 
 
 @dataclass
-class _Request:
+class _Work:
     x: NDArray[np.float32]
     sampling: SampleSpec | None
     max_modes: int | None
+
+
+@dataclass
+class _Request(_Work):
     future: asyncio.Future[Outputs]
     enqueued: float
     deadline: float | None  # time.monotonic() after which the caller no longer waits
@@ -103,6 +108,15 @@ class DynamicBatcher:
                 f"model {self.runtime.name!r} version {self.runtime.version} has {len(self._queue)} requests "
                 "queued, its limit; retry with backoff"
             )
+        if (
+            self.config.max_queue_delay == 0
+            and not self._queue
+            and not self._slots.locked()
+            and self._is_small_request(x, sampling, max_modes)
+        ):
+            # Nothing is waiting to be batched with: answer at once, with no queue hop.
+            self._queue_seconds.observe(0.0)
+            return self._compute([_Work(x, sampling, max_modes)])[0]
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
@@ -187,6 +201,9 @@ class DynamicBatcher:
         self._depth.set(len(self._queue))
         return batch
 
+    def _is_small_request(self, x: NDArray[np.float32], sampling: SampleSpec | None, max_modes: int | None) -> bool:
+        return x.shape[0] <= self.config.inline_rows and sampling is None and max_modes is None
+
     def _is_small(self, batch: list[_Request]) -> bool:
         """Plain mixture parameters for a few rows: microseconds of ONNX Runtime, no mixture math."""
         rows = sum(r.x.shape[0] for r in batch)
@@ -222,7 +239,7 @@ class DynamicBatcher:
                 assert error is not None
                 request.future.set_exception(error)
 
-    def _compute(self, batch: list[_Request]) -> list[Outputs]:
+    def _compute(self, batch: Sequence[_Work]) -> list[Outputs]:
         """One ONNX Runtime call for the whole batch, then samples and modes, split per request."""
         x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
         start = time.perf_counter()
@@ -248,7 +265,7 @@ class DynamicBatcher:
         ]
 
     @staticmethod
-    def _samples(batch: list[_Request], bounds: NDArray[np.intp], mix: Mixture) -> dict[int, NDArray[np.float32]]:
+    def _samples(batch: Sequence[_Work], bounds: NDArray[np.intp], mix: Mixture) -> dict[int, NDArray[np.float32]]:
         """Sample every request that asked, vectorised over requests that share (N, temperature)."""
         groups: dict[tuple[int, float], list[int]] = collections.defaultdict(list)
         for i, r in enumerate(batch):
@@ -274,7 +291,7 @@ class DynamicBatcher:
         return out
 
     @staticmethod
-    def _modes(batch: list[_Request], bounds: NDArray[np.intp], mix: Mixture) -> dict[int, Modes]:
+    def _modes(batch: Sequence[_Work], bounds: NDArray[np.intp], mix: Mixture) -> dict[int, Modes]:
         """One mode search over the rows of every request that asked, then split."""
         members = [i for i, r in enumerate(batch) if r.max_modes is not None]
         if not members:

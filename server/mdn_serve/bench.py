@@ -116,13 +116,35 @@ class ServerProcess:
     start_seconds: float
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        return int(match.group(1)) / 1024 if match else float("nan")
+        """Resident memory of the server and its worker processes, in MB."""
+        return sum(_rss_kb(pid) for pid in _process_tree(self.process.pid)) / 1024
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return 0
+    return int(match.group(1)) if match else 0
+
+
+def _process_tree(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
 
 
 def start_server(models: Path, extra: list[str]) -> ServerProcess:
@@ -291,7 +313,8 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"Model `{report['model']}`, {report['seconds_per_point']:g} s per point after a warm-up, "
         f"{m['cpus']} CPUs, {m['platform']}, Python {m['python']}, ONNX Runtime {m['onnxruntime']}, "
-        f"device {m['device']}. Server and load generator share the machine. Latency in ms.",
+        f"device {m['device']}. Server flags: `{' '.join(report['server_args'])}`. "
+        "Server and load generator share the machine. Latency in ms.",
         "",
         "| load | ours req/s | ours rows/s | p50 | p99 | no-op req/s | vs no-op | ORT rows/s, 1 thread | vs ORT "
         "| errors |",
