@@ -217,3 +217,22 @@ def test_concurrent_clients_get_their_own_answers(server):
         got_means, got_samples = future.result()
         np.testing.assert_allclose(got_means, means, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got_samples, samples, rtol=1e-5, atol=1e-6)
+
+
+def test_a_delay_that_gathers_nobody_stops_delaying_lone_requests(runtime):
+    executor = ThreadPoolExecutor(1)
+    batcher, _metrics = make(runtime, executor, max_queue_delay=0.3, max_concurrent_batches=1)
+    x = np.full((1, 2), 0.6, np.float32)
+
+    async def run():
+        timings = []
+        for _ in range(3):  # one client, waiting on each answer: never any company
+            start = time.perf_counter()
+            await batcher.submit(x, max_modes=0)
+            timings.append(time.perf_counter() - start)
+        return timings
+
+    first, second, third = asyncio.run(run())
+    assert first >= 0.3  # waited the whole delay once
+    assert second < 0.15 and third < 0.15  # then backed off
+    executor.shutdown()

@@ -28,6 +28,9 @@ from mdn_serve.metrics import Metrics
 from mdn_serve.mixture import Modes, mixture_modes, sample_draws, samples_from_draws
 from mdn_serve.runtime import Mixture, ModelRuntime
 
+# After a queue delay gathered no company, partial batches leave at once for this long.
+LONELY_BACKOFF_SECONDS = 0.25
+
 
 @dataclass(frozen=True)
 class SampleSpec:
@@ -85,6 +88,7 @@ class DynamicBatcher:
         self._slots = asyncio.Semaphore(config.max_concurrent_batches)
         self._loop_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._lonely_until = 0.0  # until then, partial batches do not wait (see _batch_loop)
         labels = (runtime.name, runtime.version)
         self._depth = metrics.queue_depth.labels(*labels)
         self._queue_seconds = metrics.queue_seconds.labels(*labels)
@@ -150,8 +154,14 @@ class DynamicBatcher:
                 await self._arrived.wait()
             await self._slots.acquire()
             await asyncio.sleep(0)  # let requests already delivered to the loop join this batch
-            if self.config.max_queue_delay > 0 and self._queued_rows < self.config.max_batch_rows:
-                await self._wait_for_company()
+            if (
+                self.config.max_queue_delay > 0
+                and self._queued_rows < self.config.max_batch_rows
+                and time.monotonic() >= self._lonely_until
+            ) and not await self._wait_for_company():
+                # Nobody came: this traffic has no concurrency to batch (one client waiting on
+                # each answer, say), so stop making requests wait, and look again later.
+                self._lonely_until = time.monotonic() + LONELY_BACKOFF_SECONDS
             batch = self._take_batch()
             if not batch:
                 self._slots.release()
@@ -163,18 +173,23 @@ class DynamicBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _wait_for_company(self) -> None:
-        """Let the oldest request wait up to max_queue_delay for the batch to fill."""
+    async def _wait_for_company(self) -> bool:
+        """Let the oldest request wait up to max_queue_delay for the batch to fill.
+
+        Returns whether any request joined it meanwhile.
+        """
         oldest = self._queue[0].enqueued if self._queue else time.monotonic()
+        before = len(self._queue)
         while self._queued_rows < self.config.max_batch_rows:
             remaining = oldest + self.config.max_queue_delay - time.monotonic()
             if remaining <= 0:
-                return
+                break
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
-                return
+                break
+        return len(self._queue) > before
 
     def _take_batch(self) -> list[_Request]:
         """Pop requests up to max_batch_rows (at least one), dropping the ones nobody waits for."""
