@@ -114,6 +114,7 @@ class ServerProcess:
     process: subprocess.Popen[str]
     port: int
     start_seconds: float
+    log_reader: threading.Thread
 
     def rss_mb(self) -> float:
         """Resident memory of the server and its worker processes, in MB."""
@@ -122,6 +123,9 @@ class ServerProcess:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.log_reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def _rss_kb(pid: int) -> int:
@@ -166,8 +170,9 @@ def start_server(models: Path, extra: list[str]) -> ServerProcess:
         raise RuntimeError("mdn-serve exited before SERVING")
     elapsed = time.perf_counter() - start
     # Keep draining the log so the server never blocks on a full pipe.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
-    return ServerProcess(process, port, elapsed)
+    reader = threading.Thread(target=process.stdout.read, daemon=True)
+    reader.start()
+    return ServerProcess(process, port, elapsed, reader)
 
 
 # ---------------------------------------------------------------- the run

@@ -1,0 +1,59 @@
+"""mdn-loadtest and mdn-bench against real servers, briefly: they count what they send and report it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mdn_serve import bench, loadtest
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--rpc", "predict", "--batch", "4", "--concurrency", "4"],
+        ["--protocol", "oip", "--rpc", "modes", "--batch", "8", "--concurrency", "2"],
+        ["--rpc", "sample", "--num-samples", "10", "--rate", "200"],
+    ],
+)
+def test_loadtest_reports_throughput_latency_and_codes(server, tmp_path, capsys, args):
+    out = tmp_path / "result.json"
+    code = loadtest.main(["--target", server.target, "--duration", "0.5", "--warmup", "0.1", "--quiet",
+                          "--json", str(out), *args])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["requests"] > 0 and result["codes"] == {"OK": result["requests"]}
+    assert result["rows"] == result["requests"] * result["config"]["batch"]
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["max"]
+    if "--rate" in args:  # open loop: the schedule, not the server, sets the pace
+        assert result["requests_per_second"] == pytest.approx(200, rel=0.2)
+    table = capsys.readouterr().out
+    assert "| requests | req/s | rows/s |" in table and "status codes: OK" in table
+
+
+def test_loadtest_counts_errors_by_status(server, tmp_path):
+    out = tmp_path / "result.json"
+    code = loadtest.main(["--target", server.target, "--model", "two_link_arm", "--batch", "100", "--duration",
+                          "0.3", "--warmup", "0", "--quiet", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())  # the test server allows 64 rows per request
+    assert set(result["codes"]) == {"INVALID_ARGUMENT"} and result["requests"] > 0
+
+
+def test_loadtest_rejects_unbounded_or_bad_runs(capsys):
+    for bad in (["--duration", "0"], ["--duration", "100000"], ["--batch", "0"], ["--concurrency", "0"]):
+        with pytest.raises(SystemExit):
+            loadtest.main(bad)
+    assert "--duration must be in" in capsys.readouterr().err
+
+
+def test_bench_smoke_writes_its_report(trained, tmp_path):
+    code = bench.main(["--models", str(trained["models"]), "--out", str(tmp_path), "--quick", "--seconds", "0.3"])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["results"]) == 3 and all(e["ours"]["requests"] > 0 for e in report["results"])
+    assert all(e["noop"]["requests"] > 0 for e in report["results"])
+    assert {t["target"].split(":")[0] for t in report["targets"]} >= {"start to SERVING, seconds"}
+    assert report["rss_mb_after_start"] > 10 and report["start_to_serving_seconds"] > 0
+    assert "| target | value | bound | met |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "latency_vs_throughput.png").stat().st_size > 5000
