@@ -74,7 +74,15 @@ def test_liveness_readiness_and_metadata(stub):
         "mode_log_density": ("FP32", [-1, -1]),
         "mode_mass": ("FP32", [-1, -1]),
         "num_modes": ("INT32", [-1]),
+        "ik_solutions": ("FP32", [-1, -1, 2]),
+        "ik_position_error": ("FP32", [-1, -1]),
+        "ik_within_limits": ("FP32", [-1, -1]),
+        "ik_score": ("FP32", [-1, -1]),
+        "ik_num_solutions": ("INT32", [-1]),
+        "ik_status": ("BYTES", [-1]),
     }
+    toy = {t.name for t in stub.ModelMetadata(oip.ModelMetadataRequest(name=TOY)).outputs}
+    assert not any(name.startswith("ik_") for name in toy)  # no kinematics, no IK outputs
 
 
 @pytest.mark.parametrize(("raw", "datatype"), [(True, "FP32"), (False, "FP32"), (True, "FP64"), (False, "FP64")])

@@ -241,7 +241,12 @@ def test_health_and_reflection(server):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
         )
         names = {s.name for s in next(iter(stream)).list_services_response.service}
-    assert {"mdn.v1.MixtureDensityService", "grpc.health.v1.Health"} <= names
+    assert {
+        "mdn.v1.MixtureDensityService",
+        "mdn.v1.InverseKinematicsService",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+    } <= names
 
 
 def scrape(server) -> dict[str, list[Any]]:

@@ -20,7 +20,7 @@ from mdn_serve.batching import BatchingConfig
 from mdn_serve.config import Settings
 from mdn_serve.dataplane import Dataplane, Limits
 from mdn_serve.errors import MdnError
-from mdn_serve.grpc_service import SERVICE_NAME, MdnServicer
+from mdn_serve.grpc_service import IK_SERVICE_NAME, SERVICE_NAME, IkServicer, MdnServicer
 from mdn_serve.metrics import Metrics
 from mdn_serve.oip_service import SERVICE_NAME as OIP_SERVICE_NAME
 from mdn_serve.oip_service import OipServicer
@@ -57,12 +57,16 @@ class MdnServer:
         )
         servicer = MdnServicer(self.dataplane, size // 4)
         pb_grpc.add_MixtureDensityServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
+        ik = IkServicer(self.dataplane, size // 4)
+        pb_grpc.add_InverseKinematicsServiceServicer_to_server(ik, self.server)  # type: ignore[no-untyped-call]
         oip = OipServicer(self.dataplane, size // 4)
         oip_grpc.add_GRPCInferenceServiceServicer_to_server(oip, self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                IK_SERVICE_NAME,
+                OIP_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -72,7 +76,7 @@ class MdnServer:
     async def start(self) -> None:
         """Bind and answer health checks (NOT_SERVING), load and warm every model, then SERVING."""
         s = self.settings
-        for name in (OVERALL, SERVICE_NAME, OIP_SERVICE_NAME):
+        for name in (OVERALL, SERVICE_NAME, IK_SERVICE_NAME, OIP_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
@@ -93,7 +97,7 @@ class MdnServer:
         for name, entry in sorted(repository.models.items()):
             latest = entry.latest
             log.info("model %s: versions %s, provider %s", name, ",".join(entry.version_list), latest.provider)
-        for name in (OVERALL, SERVICE_NAME, OIP_SERVICE_NAME):
+        for name in (OVERALL, SERVICE_NAME, IK_SERVICE_NAME, OIP_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %d model(s) on %s:%d", len(repository.models), s.host, self.port)
 

@@ -44,6 +44,18 @@ class SampleResult:
 
 
 @dataclass(frozen=True)
+class SolveResult:
+    model: str
+    version: str
+    solutions: Array  # (B, M, J) joint angles, NaN-padded, best first
+    position_error: Array  # (B, M)
+    within_limits: Array  # (B, M) 1 or 0
+    score: Array  # (B, M) mixture mass behind each solution
+    num_solutions: list[int]
+    status: list[str]  # "ok", or why a target has no solution
+
+
+@dataclass(frozen=True)
 class ModesResult:
     model: str
     version: str
@@ -63,6 +75,7 @@ class MdnClient:
         ]
         self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.MixtureDensityServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.ik_stub = pb_grpc.InverseKinematicsServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.raw = raw
 
@@ -117,6 +130,39 @@ class MdnClient:
         r = self.stub.Modes(req, timeout=self.timeout)
         return ModesResult(
             r.model.name, r.model.version, _arr(r.modes), _arr(r.log_density), _arr(r.mass), list(r.num_modes)
+        )
+
+    def solve(
+        self,
+        name: str,
+        targets: Any,
+        max_solutions: int = 0,
+        refine: bool = True,
+        tolerance: float = 0.0,
+        num_samples: int = 0,
+        seed: int | None = None,
+        version: str = "",
+    ) -> SolveResult:
+        """Inverse kinematics: every distinct joint configuration reaching each target (B, 2)."""
+        req = pb.SolveRequest(
+            model=pb.ModelRef(name=name, version=version),
+            targets=self._inputs(targets),
+            max_solutions=max_solutions,
+            refine=refine,
+            tolerance=tolerance,
+            num_samples=num_samples,
+            seed=seed,
+        )
+        r = self.ik_stub.Solve(req, timeout=self.timeout)
+        return SolveResult(
+            r.model.name,
+            r.model.version,
+            _arr(r.solutions),
+            _arr(r.position_error),
+            _arr(r.within_limits),
+            _arr(r.score),
+            list(r.num_solutions),
+            list(r.status),
         )
 
 
@@ -189,6 +235,23 @@ def _result_lines(result: PredictResult | SampleResult | ModesResult, info: pb.M
     return lines
 
 
+def _solve_lines(result: SolveResult, info: pb.ModelInfo, x: Array) -> list[str]:
+    ins, outs = list(info.input_names), list(info.output_names)
+    lines = []
+    for b, row in enumerate(x):
+        n = result.num_solutions[b]
+        lines.append(f"target {_point(ins, row)}: {n} solution(s)  ({result.model} v{result.version})")
+        if n == 0:
+            lines.append(f"  {result.status[b]}")
+        for j in range(n):
+            limits = "within limits" if result.within_limits[b, j] == 1 else "OUTSIDE the joint limits"
+            lines.append(
+                f"  {j + 1}. {_point(outs, result.solutions[b, j])}  position error {result.position_error[b, j]:.2e}"
+                f"  mass {result.score[b, j]:.3f}  {limits}"
+            )
+    return lines
+
+
 def run_cli(args: argparse.Namespace, client: MdnClient) -> str:
     """Run one command and return what to print."""
     if args.command == "models":
@@ -211,6 +274,18 @@ def run_cli(args: argparse.Namespace, client: MdnClient) -> str:
         return "\n".join(_model_lines(m) for m in models)
 
     info = client.get_model(args.model, args.version)
+    if args.command == "ik":
+        if len(args.target_xy) % 2:
+            raise SystemExit("mdn-client: error: give targets as x y pairs, e.g. `ik --model two_link_arm 0.6 0.5`")
+        xy = np.array(args.target_xy, dtype=np.float32).reshape(-1, 2)
+        found = client.solve(
+            args.model, xy, args.max_solutions, not args.no_refine, args.tolerance, args.num_samples, args.seed,
+            args.version,
+        )  # fmt: skip
+        if args.json:
+            fields = {k: _jsonable(v) if isinstance(v, np.ndarray) else v for k, v in vars(found).items()}
+            return json.dumps(fields)
+        return "\n".join(_solve_lines(found, info, xy))
     x = _read_inputs(args, info)
     result: PredictResult | SampleResult | ModesResult
     if args.command == "predict":
@@ -248,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--temperature", type=float, default=0.0, help="0 means 1.0")
         if name == "modes":
             c.add_argument("--max-modes", type=int, default=0, help="0: all")
+    ik = sub.add_parser("ik", help="inverse kinematics: every joint configuration reaching each target")
+    ik.add_argument("--model", required=True)
+    ik.add_argument("--version", default="", help="default: the latest")
+    ik.add_argument("target_xy", nargs="+", type=float, help="target positions as x y pairs")
+    ik.add_argument("--max-solutions", type=int, default=0, help="0: all")
+    ik.add_argument("--no-refine", action="store_true", help="return the mixture's modes unrefined")
+    ik.add_argument("--tolerance", type=float, default=0.0, help="position error to refine to (0: 1e-6)")
+    ik.add_argument("--num-samples", type=int, default=0, help="extra seeds drawn from the mixture")
+    ik.add_argument("--seed", type=int)
     return p
 
 

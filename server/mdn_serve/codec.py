@@ -47,6 +47,6 @@ def encode_tensor(array: NDArray[np.floating], raw: bool) -> pb.Tensor:
     return pb.Tensor(shape=data.shape, values=data.ravel().tolist())
 
 
-def require_inputs(has_inputs: bool) -> None:
-    if not has_inputs:
-        raise InvalidInput("request has no inputs; set inputs to a [batch, input_dim] tensor")
+def require_inputs(present: bool, field: str = "inputs", what: str = "[batch, input_dim] tensor") -> None:
+    if not present:
+        raise InvalidInput(f"request has no {field}; set {field} to a {what}")

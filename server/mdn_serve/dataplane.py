@@ -6,20 +6,27 @@ comes back; nothing here sees a protobuf object.
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mdn_serve.batching import BatchingConfig, DynamicBatcher, Outputs, SampleSpec
 from mdn_serve.errors import InvalidInput, LimitExceeded, Unavailable
+from mdn_serve.ik import DEFAULT_TOLERANCE, Solutions, solve
+from mdn_serve.kinematics import PlanarArm
 from mdn_serve.metrics import Metrics
 from mdn_serve.repository import ModelRepository
 from mdn_serve.runtime import ModelRuntime
 
 __all__ = ["Dataplane", "Limits", "Outputs", "SampleSpec"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,52 @@ class Dataplane:
                 f"{rows} rows x {spec.num_samples} samples = {total} is over this server's limit of "
                 f"{self.limits.max_samples} samples per request; ask for fewer"
             )
+
+    async def compute(self, fn: Callable[[], T]) -> T:
+        """Run CPU-heavy work (beyond one batch) on the compute threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def solve_ik(
+        self,
+        name: str,
+        version: str,
+        targets: NDArray[np.float32],
+        max_solutions: int,
+        refine: bool,
+        tolerance: float,
+        num_samples: int,
+        seed: int | None,
+        method: str = "Solve",
+        deadline: float | None = None,
+    ) -> tuple[ModelRuntime, Solutions]:
+        """Ranked, verified IK solutions for an arm model (see mdn_serve.ik)."""
+        runtime = self.resolve(name, version)
+        kinematics = runtime.metadata.kinematics
+        if kinematics is None:
+            raise InvalidInput(f"model {runtime.name!r} has no kinematics in its metadata; Solve needs an arm model")
+        arm = PlanarArm.from_metadata(kinematics)
+        if max_solutions < 0:
+            raise InvalidInput(f"max_solutions must be >= 0 (0 means all), got {max_solutions}")
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise InvalidInput(
+                f"tolerance must be a finite number >= 0 (0 means {DEFAULT_TOLERANCE:g}), got {tolerance}"
+            )
+        if num_samples < 0:
+            raise InvalidInput(f"num_samples must be >= 0, got {num_samples}")
+        if targets.ndim == 2 and targets.shape[0] * num_samples > self.limits.max_samples:
+            raise LimitExceeded(
+                f"{targets.shape[0]} targets x {num_samples} samples is over this server's limit of "
+                f"{self.limits.max_samples} samples per request; ask for fewer"
+            )
+        runtime, out = await self.infer(method, runtime.name, runtime.version, targets, deadline=deadline)
+        mix = out.mixture
+        x = np.ascontiguousarray(targets, dtype=np.float32)
+        tol = tolerance or DEFAULT_TOLERANCE
+
+        def work() -> Solutions:
+            return solve(arm, x, mix.weights, mix.means, mix.scales, max_solutions, refine, tol, num_samples, seed)
+
+        return runtime, await self.compute(work)
 
     async def infer(
         self,

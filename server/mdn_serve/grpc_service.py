@@ -108,3 +108,38 @@ class MdnServicer(pb_grpc.MixtureDensityServiceServicer):
             mass=encode_tensor(modes.mass, raw),
             num_modes=modes.num_modes.tolist(),
         )
+
+
+IK_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InverseKinematicsService"].full_name
+
+
+class IkServicer(pb_grpc.InverseKinematicsServiceServicer):
+    def __init__(self, dataplane: Dataplane, max_elements: int) -> None:
+        self.dataplane = dataplane
+        self.max_elements = max_elements
+
+    @handler(PROTOCOL, "Solve", _model_of)
+    async def Solve(self, request: pb.SolveRequest, context: grpc.aio.ServicerContext) -> pb.SolveResponse:
+        require_inputs(request.HasField("targets"), "targets", "[batch, 2] end-effector positions")
+        targets, raw = decode_tensor(request.targets, "targets", self.max_elements)
+        runtime, found = await self.dataplane.solve_ik(
+            request.model.name,
+            request.model.version,
+            targets,
+            max_solutions=request.max_solutions,
+            refine=request.refine if request.HasField("refine") else True,
+            tolerance=request.tolerance,
+            num_samples=request.num_samples,
+            seed=request.seed if request.HasField("seed") else None,
+            deadline=deadline_of(context),
+        )
+        shown = ~np.isnan(found.position_error)
+        return pb.SolveResponse(
+            model=pb.ModelRef(name=runtime.name, version=runtime.version),
+            solutions=encode_tensor(found.solutions, raw),
+            position_error=encode_tensor(found.position_error, raw),
+            within_limits=encode_tensor(np.where(shown, found.within_limits, np.nan), raw),
+            num_solutions=found.num_solutions.tolist(),
+            status=found.status,
+            score=encode_tensor(found.score, raw),
+        )

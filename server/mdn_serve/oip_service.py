@@ -31,7 +31,8 @@ EXTENSIONS = ["parameters"]
 
 DEFAULT_OUTPUTS = ("weights", "means", "scales")
 MODE_OUTPUTS = ("modes", "mode_log_density", "mode_mass", "num_modes")
-ALL_OUTPUTS = (*DEFAULT_OUTPUTS, "samples", *MODE_OUTPUTS)
+IK_OUTPUTS = ("ik_solutions", "ik_position_error", "ik_within_limits", "ik_score", "ik_num_solutions", "ik_status")
+ALL_OUTPUTS = (*DEFAULT_OUTPUTS, "samples", *MODE_OUTPUTS, *IK_OUTPUTS)
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 CONTENT_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
 PARAMETERS = ("num_samples", "seed", "temperature", "max_modes")
@@ -53,6 +54,21 @@ def output_shapes(runtime: ModelRuntime) -> dict[str, tuple[str, list[int]]]:
         "mode_log_density": ("FP32", [-1, -1]),
         "mode_mass": ("FP32", [-1, -1]),
         "num_modes": ("INT32", [-1]),
+    }
+
+
+def ik_output_shapes(runtime: ModelRuntime) -> dict[str, tuple[str, list[int]]]:
+    """The inverse-kinematics outputs, for models whose metadata carries kinematics."""
+    if runtime.metadata.kinematics is None:
+        return {}
+    j = runtime.output_dim
+    return {
+        "ik_solutions": ("FP32", [-1, -1, j]),
+        "ik_position_error": ("FP32", [-1, -1]),
+        "ik_within_limits": ("FP32", [-1, -1]),
+        "ik_score": ("FP32", [-1, -1]),
+        "ik_num_solutions": ("INT32", [-1]),
+        "ik_status": ("BYTES", [-1]),
     }
 
 
@@ -130,10 +146,20 @@ def _param(params: dict[str, pb.InferParameter], name: str, kind: Callable[[str]
 
 
 @dataclass(frozen=True)
+class IkPlan:
+    max_solutions: int
+    refine: bool
+    tolerance: float
+    num_samples: int
+    seed: int | None
+
+
+@dataclass(frozen=True)
 class InferPlan:
     outputs: tuple[str, ...]
     sampling: SampleSpec | None
     max_modes: int | None
+    ik: IkPlan | None
 
 
 def plan(request: pb.ModelInferRequest) -> InferPlan:
@@ -160,7 +186,33 @@ def plan(request: pb.ModelInferRequest) -> InferPlan:
     if any(n in MODE_OUTPUTS for n in names):
         value = _param(params, "max_modes", int)
         max_modes = int(value) if value is not None else 0
-    return InferPlan(names, sampling, max_modes)
+    ik = None
+    if any(n in IK_OUTPUTS for n in names):
+        refine = _flag(params, "refine", default=True)
+        seed = _param(params, "ik_seed", int)
+        ik = IkPlan(
+            max_solutions=int(_param(params, "max_solutions", int) or 0),
+            refine=refine,
+            tolerance=float(_param(params, "tolerance", float) or 0.0),
+            num_samples=int(_param(params, "ik_num_samples", int) or 0),
+            seed=int(seed) if seed is not None else None,
+        )
+    return InferPlan(names, sampling, max_modes, ik)
+
+
+def _flag(params: dict[str, pb.InferParameter], name: str, default: bool) -> bool:
+    p = params.get(name)
+    if p is None:
+        return default
+    which = p.WhichOneof("parameter_choice")
+    if which == "bool_param":
+        return bool(p.bool_param)
+    text = str(getattr(p, which)).strip().lower() if which else ""
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise InvalidInput(f"parameter {name!r} must be a boolean (true/false or 1/0), got {text!r}")
 
 
 def output_arrays(out: Outputs, names: tuple[str, ...]) -> list[tuple[str, str, np.ndarray]]:
@@ -219,7 +271,10 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
             versions=self.dataplane.models().entry(runtime.name).version_list,
             platform=PLATFORM,
             inputs=[meta(name=INPUT_NAME, datatype="FP32", shape=[-1, runtime.input_dim])],
-            outputs=[meta(name=n, datatype=t, shape=s) for n, (t, s) in output_shapes(runtime).items()],
+            outputs=[
+                meta(name=n, datatype=t, shape=s)
+                for n, (t, s) in {**output_shapes(runtime), **ik_output_shapes(runtime)}.items()
+            ],
         )
 
     @handler(PROTOCOL, "ModelInfer", _model_of)
@@ -229,24 +284,51 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         runtime = self.dataplane.resolve(request.model_name, request.model_version)  # NOT_FOUND before input errors
         x, raw = decode_input(request, self.max_elements)
         todo = plan(request)
-        runtime, out = await self.dataplane.infer(
-            "ModelInfer",
-            runtime.name,
-            runtime.version,
-            x,
-            sampling=todo.sampling,
-            max_modes=todo.max_modes,
-            deadline=deadline_of(context),
-        )
+        arrays: dict[str, tuple[str, np.ndarray]] = {}
+        if any(n not in IK_OUTPUTS for n in todo.outputs):
+            runtime, out = await self.dataplane.infer(
+                "ModelInfer",
+                runtime.name,
+                runtime.version,
+                x,
+                sampling=todo.sampling,
+                max_modes=todo.max_modes,
+                deadline=deadline_of(context),
+            )
+            arrays.update({n: (t, a) for n, t, a in output_arrays(out, todo.outputs)})
+        if todo.ik is not None:
+            ik = todo.ik
+            runtime, found = await self.dataplane.solve_ik(
+                runtime.name, runtime.version, x, ik.max_solutions, ik.refine, ik.tolerance, ik.num_samples,
+                ik.seed, method="ModelInfer", deadline=deadline_of(context),
+            )  # fmt: skip
+            shown = ~np.isnan(found.position_error)
+            arrays.update(
+                ik_solutions=("FP32", found.solutions),
+                ik_position_error=("FP32", found.position_error),
+                ik_within_limits=("FP32", np.where(shown, found.within_limits, np.nan)),
+                ik_score=("FP32", found.score),
+                ik_num_solutions=("INT32", found.num_solutions),
+                ik_status=("BYTES", np.array(found.status, dtype=object)),
+            )
         response = pb.ModelInferResponse(model_name=runtime.name, model_version=runtime.version, id=request.id)
-        for name, datatype, array in output_arrays(out, todo.outputs):
+        for name in todo.outputs:
+            datatype, array = arrays[name]
             tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
             if raw:
-                response.raw_output_contents.append(
-                    np.ascontiguousarray(array, dtype="<i4" if datatype == "INT32" else "<f4").tobytes()
-                )
+                response.raw_output_contents.append(_raw_bytes(datatype, array))
             elif datatype == "INT32":
                 tensor.contents.int_contents.extend(array.ravel().tolist())
+            elif datatype == "BYTES":
+                tensor.contents.bytes_contents.extend(s.encode() for s in array.ravel())
             else:
                 tensor.contents.fp32_contents.extend(array.ravel().tolist())
         return response
+
+
+def _raw_bytes(datatype: str, array: np.ndarray) -> bytes:
+    """The protocol's raw encoding: little-endian values; BYTES as 4-byte length prefix + data each."""
+    if datatype == "BYTES":
+        parts = [s.encode() for s in array.ravel()]
+        return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+    return np.ascontiguousarray(array, dtype="<i4" if datatype == "INT32" else "<f4").tobytes()

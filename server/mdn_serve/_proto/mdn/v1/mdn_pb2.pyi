@@ -127,3 +127,39 @@ class ModelInfo(_message.Message):
     output_names: _containers.RepeatedScalarFieldContainer[str]
     metadata_json: str
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., input_dim: _Optional[int] = ..., output_dim: _Optional[int] = ..., components: _Optional[int] = ..., input_names: _Optional[_Iterable[str]] = ..., output_names: _Optional[_Iterable[str]] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+
+class SolveRequest(_message.Message):
+    __slots__ = ("model", "targets", "max_solutions", "refine", "tolerance", "seed", "num_samples")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SOLUTIONS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    targets: Tensor
+    max_solutions: int
+    refine: bool
+    tolerance: float
+    seed: int
+    num_samples: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., max_solutions: _Optional[int] = ..., refine: _Optional[bool] = ..., tolerance: _Optional[float] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ...) -> None: ...
+
+class SolveResponse(_message.Message):
+    __slots__ = ("model", "solutions", "position_error", "within_limits", "num_solutions", "status", "score")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SOLUTIONS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_ERROR_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SOLUTIONS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    solutions: Tensor
+    position_error: Tensor
+    within_limits: Tensor
+    num_solutions: _containers.RepeatedScalarFieldContainer[int]
+    status: _containers.RepeatedScalarFieldContainer[str]
+    score: Tensor
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., solutions: _Optional[_Union[Tensor, _Mapping]] = ..., position_error: _Optional[_Union[Tensor, _Mapping]] = ..., within_limits: _Optional[_Union[Tensor, _Mapping]] = ..., num_solutions: _Optional[_Iterable[int]] = ..., status: _Optional[_Iterable[str]] = ..., score: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

@@ -271,3 +271,81 @@ class MixtureDensityService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class InverseKinematicsServiceStub:
+    """Inverse kinematics for models whose metadata carries `kinematics` (planar serial arms):
+    every distinct joint configuration that reaches each target, checked by forward kinematics.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Solve = channel.unary_unary(
+                '/mdn.v1.InverseKinematicsService/Solve',
+                request_serializer=mdn__serve_dot___proto_dot_mdn_dot_v1_dot_mdn__pb2.SolveRequest.SerializeToString,
+                response_deserializer=mdn__serve_dot___proto_dot_mdn_dot_v1_dot_mdn__pb2.SolveResponse.FromString,
+                _registered_method=True)
+
+
+class InverseKinematicsServiceServicer:
+    """Inverse kinematics for models whose metadata carries `kinematics` (planar serial arms):
+    every distinct joint configuration that reaches each target, checked by forward kinematics.
+    """
+
+    def Solve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_InverseKinematicsServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Solve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Solve,
+                    request_deserializer=mdn__serve_dot___proto_dot_mdn_dot_v1_dot_mdn__pb2.SolveRequest.FromString,
+                    response_serializer=mdn__serve_dot___proto_dot_mdn_dot_v1_dot_mdn__pb2.SolveResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mdn.v1.InverseKinematicsService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mdn.v1.InverseKinematicsService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class InverseKinematicsService:
+    """Inverse kinematics for models whose metadata carries `kinematics` (planar serial arms):
+    every distinct joint configuration that reaches each target, checked by forward kinematics.
+    """
+
+    @staticmethod
+    def Solve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mdn.v1.InverseKinematicsService/Solve',
+            mdn__serve_dot___proto_dot_mdn_dot_v1_dot_mdn__pb2.SolveRequest.SerializeToString,
+            mdn__serve_dot___proto_dot_mdn_dot_v1_dot_mdn__pb2.SolveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
