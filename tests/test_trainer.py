@@ -77,7 +77,7 @@ def test_metadata_describes_the_model(trained):
 def test_reports_and_plots_are_written(trained):
     for name, plots in (
         ("inverse_sine", {"toy_density.png", "toy_weights.png"}),
-        ("two_link_arm", {"arm_workspace_errors.png", "arm_solutions.png"}),
+        ("two_link_arm", {"arm_workspace_errors.png", "arm_solutions.png", "arm_ik_solutions.png"}),
     ):
         run = trained["runs"] / name
         report = json.loads((run / "report.json").read_text())
@@ -176,3 +176,28 @@ def test_cli_errors_are_clear_and_write_nothing(tmp_path, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()
+
+
+def test_arm_reports_carry_the_served_ik_path(trained):
+    ik = json.loads((trained["runs"] / "two_link_arm" / "report.json").read_text())["metrics"]["ik"]
+    assert ik["fk_error_after_refinement"]["max"] <= 1e-6 and ik["joint_limit_violations"] == 0
+    assert ik["fk_error_before_refinement"]["median"] > ik["fk_error_after_refinement"]["median"]
+    assert 0 <= ik["branch_coverage"] <= 1 and ik["solutions_per_second_batch_1024"] > 0
+
+
+def test_three_link_arm_trains_exports_and_reports_its_solution_spread(tmp_path):
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    assert train.main(["--dataset", "three_link_arm", "--num-samples", "3000", "--runs", str(runs), *SMALL]) == 0
+    assert export.main(["--name", "three_link_arm", "--runs", str(runs), "--models", str(models)]) == 0
+    meta = parse_metadata(
+        {p.key: p.value for p in onnx.load(str(models / "three_link_arm" / "1" / "model.onnx")).metadata_props}[
+            METADATA_KEY
+        ]
+    )
+    assert meta.output_names == ("theta1", "theta2", "theta3")
+    assert meta.kinematics is not None and meta.kinematics["link_lengths"] == [0.5, 0.3, 0.2]
+    report = json.loads((runs / "three_link_arm" / "report.json").read_text())
+    ik = report["metrics"]["ik"]
+    assert "joint_spread_rad" in ik and ik["joint_limit_violations"] == 0
+    assert ik["fk_error_after_refinement"]["max"] <= 1e-6
+    assert set(report["plots"]) == {"arm_workspace_errors.png", "arm_ik_solutions.png"}

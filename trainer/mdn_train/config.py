@@ -8,7 +8,8 @@ from typing import Any
 
 from mdn_train.errors import TrainerError
 
-BUILTIN_DATASETS = ("inverse_sine", "two_link_arm")
+BUILTIN_DATASETS = ("inverse_sine", "two_link_arm", "three_link_arm")
+ARM_DATASETS = ("two_link_arm", "three_link_arm")
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
 
 
@@ -128,6 +129,20 @@ def default_config(dataset: str) -> RunConfig:
             data=DataConfig(dataset="two_link_arm", num_samples=60_000),
             model=ModelConfig(components=3, hidden=(128, 128, 128), activation="tanh", scale_floor=1e-4),
             train=TrainConfig(epochs=500, batch_size=512, learning_rate=2e-3, patience=40),
+        )
+    if dataset == "three_link_arm":
+        # Redundant: a continuum of joint configurations reaches each target, and the mixture
+        # has to spread its components along it.
+        return RunConfig(
+            name="three_link_arm",
+            data=DataConfig(
+                dataset="three_link_arm",
+                num_samples=60_000,
+                link_lengths=(0.5, 0.3, 0.2),
+                joint_limits=((0.0, 1.2), (-1.5, 1.5), (-1.5, 1.5)),
+            ),
+            model=ModelConfig(components=10, hidden=(128, 128, 128), activation="tanh", scale_floor=1e-3),
+            train=TrainConfig(epochs=150, batch_size=512, learning_rate=2e-3, patience=30),
         )
     raise TrainerError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
 

@@ -11,7 +11,7 @@ import numpy as np
 from mdn_serve.kinematics import PlanarArm
 from numpy.typing import NDArray
 
-from mdn_train.config import DataConfig
+from mdn_train.config import ARM_DATASETS, DataConfig
 from mdn_train.errors import TrainerError
 
 Array = NDArray[np.float32]
@@ -174,8 +174,9 @@ def make_dataset(config: DataConfig) -> Dataset:
     rng = np.random.default_rng(config.seed)
     if config.dataset == "inverse_sine":
         return make_inverse_sine(config.num_samples, rng)
-    if config.dataset == "two_link_arm":
-        return make_planar_arm(arm_from_config(config), config.num_samples, rng)
+    if config.dataset in ARM_DATASETS:
+        data = make_planar_arm(arm_from_config(config), config.num_samples, rng)
+        return Dataset(data.inputs, data.targets, data.input_names, data.target_names, config.dataset, data.arm)
     if config.dataset == "table":
         return load_table(Path(config.path), config.input_columns, config.target_columns)
     raise TrainerError(f"unknown dataset {config.dataset!r}")

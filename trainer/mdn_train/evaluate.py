@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from mdn_serve.contract import INPUT_NAME, OUTPUT_NAMES
+from mdn_serve.ik import solve
 from mdn_serve.kinematics import PlanarArm
 from mdn_serve.mixture import log_density, mixture_modes
 from numpy.typing import NDArray
@@ -121,15 +123,55 @@ def evaluate(
     if test.arm is not None and test.arm.num_joints == 2:
         modes = mixture_modes(w, m, s)
         metrics.update(arm_metrics(test.arm, x.astype(np.float64), modes.modes, modes.num_modes))
+    if test.arm is not None:
         ls_fk = np.linalg.norm(test.arm.forward(baseline(x).astype(np.float64)) - x, axis=-1)
         metrics["baseline_fk_error"] = _quantiles(ls_fk)
+        metrics["ik"] = ik_metrics(test.arm, x.astype(np.float64), w, m, s)
     return metrics
+
+
+def ik_metrics(
+    arm: PlanarArm, targets: NDArray[np.float64], w: NDArray[np.float32], m: NDArray[np.float32], s: NDArray[np.float32]
+) -> dict[str, Any]:
+    """The served IK path (mdn_serve.ik.solve): modes as seeds, refined within the joint limits."""
+    raw = solve(arm, targets, w, m, s, refine_solutions=False)
+    found = solve(arm, targets, w, m, s)
+    returned = ~np.isnan(found.position_error)
+    batch = min(1024, len(targets))
+    start = time.perf_counter()
+    timed = solve(arm, targets[:batch], w[:batch], m[:batch], s[:batch])
+    seconds = time.perf_counter() - start
+    out: dict[str, Any] = {
+        "targets_with_a_solution": float(np.mean(found.num_solutions > 0)),
+        "solutions_per_target": float(np.mean(found.num_solutions)),
+        "fk_error_before_refinement": _quantiles(raw.position_error[~np.isnan(raw.position_error)]),
+        "fk_error_after_refinement": _quantiles(found.position_error[returned]),
+        "joint_limit_violations": int(np.sum(returned & ~found.within_limits)),
+        "targets_per_second_batch_1024": batch / seconds,
+        "solutions_per_second_batch_1024": float(timed.num_solutions.sum()) / seconds,
+    }
+    if arm.num_joints == 2:
+        branches, feasible = arm.two_link_ik(targets)
+        sol = np.where(returned[..., None], found.solutions, np.nan)
+        gap = np.linalg.norm(branches[:, :, None, :] - sol[:, None, :, :], axis=-1)  # (B, 2, M)
+        nearest = np.min(np.where(np.isnan(gap), np.inf, gap), axis=-1, initial=np.inf)
+        out["branch_coverage"] = float(np.mean(np.all(~feasible | (nearest <= BRANCH_TOLERANCE), axis=-1)))
+    else:
+        # A redundant arm has a continuum of solutions: how far apart are the ones returned?
+        several = found.num_solutions > 1
+        sol = np.where(returned[..., None], found.solutions, np.nan)[several]
+        spread = np.nanstd(sol, axis=1).mean(axis=-1) if several.any() else np.zeros(0)
+        out["joint_spread_rad"] = _quantiles(spread)
+    return out
 
 
 ARM_TARGETS = {
     "branch_coverage": (">=", 0.98),
     "mdn_fk_error.median": ("<=", 0.001),
     "mdn_fk_error.p95": ("<=", 0.005),
+    "ik.branch_coverage": (">=", 0.99),
+    "ik.fk_error_after_refinement.p95": ("<=", 1e-6),
+    "ik.joint_limit_violations": ("<=", 0),
 }
 TOY_TARGETS = {"nll_gap": ("<=", 0.12)}
 

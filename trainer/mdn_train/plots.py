@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from mdn_serve.ik import solve
 from mdn_serve.kinematics import PlanarArm
 from mdn_serve.mixture import log_density, mixture_modes
 from numpy.typing import NDArray
@@ -30,11 +31,11 @@ def make_plots(out_dir: Path, test: Dataset, predict: Predictor, baseline: Basel
     out_dir.mkdir(parents=True, exist_ok=True)
     if test.task == "inverse_sine":
         return [_toy_density(out_dir, test, predict, baseline), _toy_weights(out_dir, test, predict)]
-    if test.arm is not None and test.arm.num_joints == 2:
-        return [
-            _arm_errors(out_dir, test, predict, baseline),
-            _arm_solutions(out_dir, test, predict, baseline),
-        ]
+    if test.arm is not None:
+        plots = [_arm_errors(out_dir, test, predict, baseline)]
+        if test.arm.num_joints == 2:
+            plots.append(_arm_solutions(out_dir, test, predict, baseline))
+        return [*plots, _arm_ik_configurations(out_dir, test, predict)]
     return []
 
 
@@ -144,3 +145,23 @@ def _arm_solutions(out_dir: Path, test: Dataset, predict: Predictor, baseline: B
         )
         ax.legend(fontsize="x-small", loc="upper left")
     return _save(fig, out_dir / "arm_solutions.png")
+
+
+def _arm_ik_configurations(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
+    """One target reached by every configuration the served IK returns for it."""
+    arm = test.arm
+    assert arm is not None
+    x = test.inputs[:200]
+    w, m, s = predict(x)
+    found = solve(arm, x.astype(np.float64), w, m, s)
+    b = int(np.argmax(found.num_solutions))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for j in range(int(found.num_solutions[b])):
+        _draw_arm(ax, arm, found.solutions[b, j].astype(np.float64), color=f"C{j % 10}", lw=1.8, alpha=0.8,
+                  label=f"mass {found.score[b, j]:.2f}, error {found.position_error[b, j]:.1e}")  # fmt: skip
+    ax.plot(*x[b], marker="*", ms=16, color="k", ls="none", label="target")
+    reach = arm.reach
+    ax.set(aspect="equal", xlim=(-0.3 * reach, 1.05 * reach), ylim=(-0.3 * reach, 1.05 * reach),
+           title=f"{found.num_solutions[b]} IK solutions for ({x[b, 0]:.2f}, {x[b, 1]:.2f})")  # fmt: skip
+    ax.legend(fontsize="x-small", loc="lower right")
+    return _save(fig, out_dir / "arm_ik_solutions.png")
