@@ -65,3 +65,21 @@ def test_bad_local_input_is_explained(capsys, server, tmp_path):
     (tmp_path / "in.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SystemExit, match="needs columns ee_x, ee_y; missing ee_x, ee_y"):
         client.main(["--target", server.target, "modes", "--model", "two_link_arm", "--csv", str(tmp_path / "in.csv")])
+
+
+def test_ik_prints_ranked_exact_solutions_and_reasons(capsys, server):
+    code, out, _ = run(capsys, server, "ik", "--model", "two_link_arm", "0.6", "0.6", "2", "0")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("target ee_x=0.6 ee_y=0.6:") and "solution(s)" in lines[0]
+    ranked = [line for line in lines if line.strip().startswith(("1.", "2."))]
+    assert len(ranked) >= 2 and all("within limits" in line and "position error" in line for line in ranked)
+    assert any(line.strip().startswith("unreachable: the target is 2 from the base") for line in lines)
+    code, out, _ = run(capsys, server, "--json", "ik", "--model", "two_link_arm", "0.6", "0.6", "--max-solutions", "1")
+    result = json.loads(out)
+    assert result["num_solutions"] == [1] and result["status"] == ["ok"] and len(result["solutions"][0]) == 1
+
+
+def test_ik_needs_pairs(capsys, server):
+    with pytest.raises(SystemExit, match="x y pairs"):
+        client.main(["--target", server.target, "ik", "--model", "two_link_arm", "0.6"])
