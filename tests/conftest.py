@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Cases each fuzz test sent, printed at the end of the run.
+FUZZ_CASES: dict[str, int] = {}
+
 SMALL = ["--quiet", "--epochs", "4", "--patience", "4", "--hidden", "16,16"]
 # Enough training for the arm's modes to land on the analytic branches (about 10 s).
 ARM = [
@@ -98,3 +101,10 @@ def server(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     )
     yield proc
     assert stop_server(proc) == 0, proc.log()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FUZZ_CASES:
+        terminalreporter.section("fuzz cases sent to the server")
+        for label, count in sorted(FUZZ_CASES.items()):
+            terminalreporter.write_line(f"{label}: {count}")

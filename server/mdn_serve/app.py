@@ -14,8 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
-from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
+from mdn_serve._proto.inference import grpc_service_pb2 as oip_pb2
+from mdn_serve._proto.mdn.v1 import mdn_pb2
 from mdn_serve.batching import BatchingConfig
 from mdn_serve.config import Settings
 from mdn_serve.dataplane import Dataplane, Limits
@@ -25,6 +25,7 @@ from mdn_serve.metrics import Metrics
 from mdn_serve.oip_service import SERVICE_NAME as OIP_SERVICE_NAME
 from mdn_serve.oip_service import OipServicer
 from mdn_serve.repository import ModelRepository
+from mdn_serve.rpc import add_service
 from mdn_serve.runtime import choose_providers
 
 log = logging.getLogger("mdn_serve")
@@ -55,12 +56,13 @@ class MdnServer:
         self.server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
         )
-        servicer = MdnServicer(self.dataplane, size // 4)
-        pb_grpc.add_MixtureDensityServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
-        ik = IkServicer(self.dataplane, size // 4)
-        pb_grpc.add_InverseKinematicsServiceServicer_to_server(ik, self.server)  # type: ignore[no-untyped-call]
-        oip = OipServicer(self.dataplane, size // 4)
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(oip, self.server)  # type: ignore[no-untyped-call]
+        elements = size // 4
+        add_service(self.server, MdnServicer(self.dataplane, elements), mdn_pb2.DESCRIPTOR.services_by_name[
+            "MixtureDensityService"])  # fmt: skip
+        add_service(self.server, IkServicer(self.dataplane, elements), mdn_pb2.DESCRIPTOR.services_by_name[
+            "InverseKinematicsService"])  # fmt: skip
+        add_service(self.server, OipServicer(self.dataplane, elements), oip_pb2.DESCRIPTOR.services_by_name[
+            "GRPCInferenceService"])  # fmt: skip
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

@@ -86,7 +86,7 @@ class ModelRepository:
             raise ModelNotFound(f"unknown model {name!r}; models: {', '.join(sorted(self.models))}")
         if not version:
             return entry.latest
-        key = str(int(version)) if version.isdigit() else version
+        key = str(int(version)) if version.isascii() and version.isdigit() else version
         runtime = entry.versions.get(key)
         if runtime is None:
             raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: {', '.join(entry.version_list)}")

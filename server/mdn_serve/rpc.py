@@ -10,6 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 
 from mdn_serve.dataplane import Dataplane
 from mdn_serve.errors import (
@@ -102,3 +105,43 @@ def handler(
         return wrapped
 
     return wrap
+
+
+def add_service(server: grpc.aio.Server, servicer: Servicer, service: ServiceDescriptor) -> None:
+    """Register servicer's methods for `service`, parsing requests ourselves.
+
+    gRPC's generated registration parses each request before our code runs and answers a
+    message that does not parse with INTERNAL; here a malformed message is the client's mistake
+    and gets INVALID_ARGUMENT, counted like every other error.
+    """
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _parsing(servicer, method.name, request_class, service.full_name),
+            request_deserializer=None,
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _parsing(
+    servicer: Servicer, method: str, request_class: Any, service: str
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+    bound = getattr(servicer, method)
+    protocol = "oip" if service.startswith("inference.") else "mdn.v1"
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = request_class.FromString(raw)
+        except DecodeError:
+            metrics = servicer.dataplane.metrics
+            labels = (protocol, method, "-", grpc.StatusCode.INVALID_ARGUMENT.name)
+            metrics.child(metrics.requests, *labels).inc()
+            metrics.child(metrics.errors, *labels).inc()
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request_class.DESCRIPTOR.full_name}"
+            )
+        return await bound(request, context)
+
+    return handle
