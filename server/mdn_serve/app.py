@@ -27,6 +27,7 @@ from mdn_serve.oip_service import OipServicer
 from mdn_serve.repository import ModelRepository
 from mdn_serve.rpc import add_service
 from mdn_serve.runtime import choose_providers
+from mdn_serve.security import BearerTokenInterceptor, read_token, server_credentials
 
 log = logging.getLogger("mdn_serve")
 
@@ -53,9 +54,15 @@ class MdnServer:
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
         size = settings.max_message_bytes
-        self.server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+        interceptors = (
+            [BearerTokenInterceptor(read_token(settings.auth_token_file))] if settings.auth_token_file else []
         )
+        self.server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+            interceptors=interceptors,
+        )
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         elements = size // 4
         add_service(self.server, MdnServicer(self.dataplane, elements), mdn_pb2.DESCRIPTOR.services_by_name[
             "MixtureDensityService"])  # fmt: skip
@@ -64,27 +71,42 @@ class MdnServer:
         add_service(self.server, OipServicer(self.dataplane, elements), oip_pb2.DESCRIPTOR.services_by_name[
             "GRPCInferenceService"])  # fmt: skip
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                IK_SERVICE_NAME,
-                OIP_SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
-        )
+        if not settings.disable_reflection:
+            reflection.enable_server_reflection(
+                (
+                    SERVICE_NAME,
+                    IK_SERVICE_NAME,
+                    OIP_SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self.server,
+            )
 
     async def start(self) -> None:
         """Bind and answer health checks (NOT_SERVING), load and warm every model, then SERVING."""
         s = self.settings
         for name in (OVERALL, SERVICE_NAME, IK_SERVICE_NAME, OIP_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        credentials = server_credentials(s)
+        address = f"{s.host}:{s.port}"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise MdnError(f"cannot bind {s.host}:{s.port} (in use?)")
         await self.server.start()
-        log.info("listening on %s:%d (gRPC)", s.host, self.port)
+        if s.health_port >= 0:
+            # Kubernetes gRPC probes speak plaintext: a port with nothing but the health service.
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{s.host}:{s.health_port}")
+            await self.health_server.start()
+            log.info("health (plaintext) on %s:%d", s.host, self.health_port)
+        mode = "plaintext" if credentials is None else ("mutual TLS" if s.tls_client_ca else "TLS")
+        auth = ", bearer token required" if s.auth_token_file else ""
+        log.info("listening on %s:%d (gRPC, %s%s)", s.host, self.port, mode, auth)
         if s.metrics_port >= 0:
             self._metrics_server, _ = start_http_server(s.metrics_port, s.metrics_host, registry=self.metrics.registry)
             self.metrics_port = self._metrics_server.server_port
@@ -107,6 +129,8 @@ class MdnServer:
         """NOT_SERVING first, then stop taking calls and let in-flight ones finish within grace."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

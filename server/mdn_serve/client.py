@@ -66,18 +66,42 @@ class ModesResult:
 
 
 class MdnClient:
-    """Blocking client. raw=True sends and receives tensors as little-endian bytes (the fast path)."""
+    """Blocking client. raw=True sends and receives tensors as little-endian bytes (the fast path).
 
-    def __init__(self, target: str, timeout: float = 30.0, raw: bool = True, max_message_bytes: int = 64 << 20) -> None:
+    TLS: pass ca_cert (PEM path; None with tls=True uses the system roots), and client_cert and
+    client_key for mutual TLS. token adds `authorization: Bearer <token>` to every call.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 30.0,
+        raw: bool = True,
+        max_message_bytes: int = 64 << 20,
+        tls: bool = False,
+        ca_cert: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        token: str | None = None,
+    ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        self.channel = grpc.insecure_channel(target, options=options)
+        if tls or ca_cert or client_cert:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
+                private_key=Path(client_key).read_bytes() if client_key else None,
+                certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
+            )
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.MixtureDensityServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.ik_stub = pb_grpc.InverseKinematicsServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.raw = raw
+        self._metadata = [("authorization", f"Bearer {token}")] if token else None
 
     def close(self) -> None:
         self.channel.close()
@@ -92,16 +116,16 @@ class MdnClient:
         return encode_tensor(np.atleast_2d(np.asarray(inputs, dtype=np.float32)), self.raw)
 
     def list_models(self) -> list[pb.ModelInfo]:
-        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata).models)
 
     def get_model(self, name: str, version: str = "") -> pb.ModelInfo:
         request = pb.GetModelRequest(model=pb.ModelRef(name=name, version=version))
-        info: pb.ModelInfo = self.stub.GetModel(request, timeout=self.timeout)
+        info: pb.ModelInfo = self.stub.GetModel(request, timeout=self.timeout, metadata=self._metadata)
         return info
 
     def predict(self, name: str, inputs: Any, version: str = "") -> PredictResult:
         req = pb.PredictRequest(model=pb.ModelRef(name=name, version=version), inputs=self._inputs(inputs))
-        r = self.stub.Predict(req, timeout=self.timeout)
+        r = self.stub.Predict(req, timeout=self.timeout, metadata=self._metadata)
         return PredictResult(r.model.name, r.model.version, _arr(r.weights), _arr(r.means), _arr(r.scales))
 
     def sample(
@@ -120,14 +144,14 @@ class MdnClient:
             seed=seed,
             temperature=temperature,
         )
-        r = self.stub.Sample(req, timeout=self.timeout)
+        r = self.stub.Sample(req, timeout=self.timeout, metadata=self._metadata)
         return SampleResult(r.model.name, r.model.version, _arr(r.samples))
 
     def modes(self, name: str, inputs: Any, max_modes: int = 0, version: str = "") -> ModesResult:
         req = pb.ModesRequest(
             model=pb.ModelRef(name=name, version=version), inputs=self._inputs(inputs), max_modes=max_modes
         )
-        r = self.stub.Modes(req, timeout=self.timeout)
+        r = self.stub.Modes(req, timeout=self.timeout, metadata=self._metadata)
         return ModesResult(
             r.model.name, r.model.version, _arr(r.modes), _arr(r.log_density), _arr(r.mass), list(r.num_modes)
         )
@@ -153,7 +177,7 @@ class MdnClient:
             num_samples=num_samples,
             seed=seed,
         )
-        r = self.ik_stub.Solve(req, timeout=self.timeout)
+        r = self.ik_stub.Solve(req, timeout=self.timeout, metadata=self._metadata)
         return SolveResult(
             r.model.name,
             r.model.version,
@@ -308,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--values", action="store_true", help="send tensors as repeated floats instead of raw bytes")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-cert)")
+    p.add_argument("--ca-cert", help="PEM CA certificate that signed the server's certificate (implies --tls)")
+    p.add_argument("--client-cert", help="PEM client certificate, for mutual TLS")
+    p.add_argument("--client-key", help="PEM client private key, for mutual TLS")
+    p.add_argument("--token-file", help="file with the bearer token the server expects")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the served models")
     commands = {"predict": "mixture parameters", "sample": "draws from the mixture", "modes": "modes of the mixture"}
@@ -337,7 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with MdnClient(args.target, timeout=args.timeout, raw=not args.values) as client:
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    with MdnClient(
+        args.target,
+        timeout=args.timeout,
+        raw=not args.values,
+        tls=args.tls,
+        ca_cert=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        token=token,
+    ) as client:
         try:
             text = run_cli(args, client)
         except grpc.RpcError as exc:

@@ -32,6 +32,12 @@ class Settings:
     max_queue_delay_ms: float = 0.0  # 0: batch what is already queued, never wait for more
     max_queue_size: int = 1024  # queued requests per model version before RESOURCE_EXHAUSTED
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT)
+    tls_cert: str = ""  # PEM certificate chain; with tls_key, serves gRPC over TLS
+    tls_key: str = ""
+    tls_client_ca: str = ""  # PEM CA bundle: requires and checks client certificates (mutual TLS)
+    health_port: int = -1  # a plaintext port serving only grpc.health.v1 (for probes when TLS is on)
+    auth_token_file: str = ""  # a file holding the bearer token every call but health must carry
+    disable_reflection: bool = False
     grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
     log_level: str = "INFO"
 
@@ -73,6 +79,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0 never waits")
     add("--max-queue-size", int, "requests queued per model version before new ones get RESOURCE_EXHAUSTED")
     add("--workers", int, "server processes sharing the gRPC port; metrics cover all of them")
+    add("--tls-cert", str, "PEM certificate (chain) of the server; with --tls-key turns on TLS")
+    add("--tls-key", str, "PEM private key of the server")
+    add("--tls-client-ca", str, "PEM CA bundle; clients must present a certificate it signed (mutual TLS)")
+    add("--health-port", int, "plaintext port serving only the health service, for probes; -1: none")
+    add("--auth-token-file", str, "file with a bearer token every call except health must send")
+    p.add_argument(
+        "--disable-reflection",
+        action="store_true",
+        default=env.get("MDN_DISABLE_REFLECTION", "").lower() in ("1", "true", "yes"),
+        help="do not serve gRPC server reflection (env MDN_DISABLE_REFLECTION=1)",
+    )
     add("--grace-seconds", float, "time in-flight requests get to finish on SIGTERM/SIGINT")
     add("--log-level", str, "DEBUG, INFO, WARNING or ERROR")
     return p
@@ -103,6 +120,16 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         problems.append("--port must be in 0..65535")
     if not -1 <= settings.metrics_port <= 65535:
         problems.append("--metrics-port must be in -1..65535")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        problems.append("--tls-cert and --tls-key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        problems.append("--tls-client-ca needs --tls-cert and --tls-key")
+    for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            problems.append(f"--{name.replace('_', '-')} {path}: no such file")
+    if not -1 <= settings.health_port <= 65535:
+        problems.append("--health-port must be in -1..65535")
     if settings.max_queue_delay_ms < 0:
         problems.append("--max-queue-delay-ms must be >= 0")
     if settings.grace_seconds < 0:

@@ -51,6 +51,9 @@ class LoadConfig:
     channels: int = 1
     tls: bool = False
     ca_cert: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    token_file: str = ""
     seed: int = 0
 
 
@@ -110,11 +113,21 @@ def encode_request(config: LoadConfig, x: NDArray[np.float32]) -> tuple[str, byt
     return "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
 
 
+def auth_metadata(config: LoadConfig) -> list[tuple[str, str]] | None:
+    if not config.token_file:
+        return None
+    return [("authorization", f"Bearer {Path(config.token_file).read_text().strip()}")]
+
+
 def _channel(config: LoadConfig) -> grpc.aio.Channel:
     options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
-    if config.tls:
-        root = Path(config.ca_cert).read_bytes() if config.ca_cert else None
-        return grpc.aio.secure_channel(config.target, grpc.ssl_channel_credentials(root), options=options)
+    if config.tls or config.ca_cert or config.client_cert:
+        credentials = grpc.ssl_channel_credentials(
+            Path(config.ca_cert).read_bytes() if config.ca_cert else None,
+            Path(config.client_key).read_bytes() if config.client_key else None,
+            Path(config.client_cert).read_bytes() if config.client_cert else None,
+        )
+        return grpc.aio.secure_channel(config.target, credentials, options=options)
     return grpc.aio.insecure_channel(config.target, options=options)
 
 
@@ -127,7 +140,11 @@ async def fetch_metadata(config: LoadConfig) -> tuple[dict[str, Any], int]:
                 request_serializer=pb.GetModelRequest.SerializeToString,
                 response_deserializer=pb.ModelInfo.FromString,
             )
-            info = await get(pb.GetModelRequest(model=pb.ModelRef(name=config.model)), timeout=config.timeout)
+            info = await get(
+                pb.GetModelRequest(model=pb.ModelRef(name=config.model)),
+                timeout=config.timeout,
+                metadata=auth_metadata(config),
+            )
             return json.loads(info.metadata_json or "{}"), info.input_dim
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
@@ -137,7 +154,9 @@ async def fetch_metadata(config: LoadConfig) -> tuple[dict[str, Any], int]:
             request_serializer=oip.ModelMetadataRequest.SerializeToString,
             response_deserializer=oip.ModelMetadataResponse.FromString,
         )
-        response = await meta(oip.ModelMetadataRequest(name=config.model), timeout=config.timeout)
+        response = await meta(
+            oip.ModelMetadataRequest(name=config.model), timeout=config.timeout, metadata=auth_metadata(config)
+        )
         return {}, int(response.inputs[0].shape[-1])
 
 
@@ -172,6 +191,7 @@ async def run_load(
     channels = [_channel(config) for _ in range(max(1, config.channels))]
     calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in channels]
     recorder = _Recorder()
+    auth = auth_metadata(config)
     sent = 0
     stop_at = math.inf
     skipped = 0
@@ -179,7 +199,7 @@ async def run_load(
     async def one(i: int, scheduled: float) -> None:
         code = "OK"
         try:
-            await calls[i % len(calls)](bodies[i % len(bodies)], timeout=config.timeout)
+            await calls[i % len(calls)](bodies[i % len(bodies)], timeout=config.timeout, metadata=auth)
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
         recorder.record(time.perf_counter() - scheduled, code)
@@ -309,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=d.channels, help="gRPC channels (connections) to spread over")
     p.add_argument("--tls", action="store_true", help="use TLS")
     p.add_argument("--ca-cert", default="", help="CA certificate (PEM) that signed the server's certificate")
+    p.add_argument("--client-cert", default="", help="client certificate (PEM), for mutual TLS")
+    p.add_argument("--client-key", default="", help="client private key (PEM), for mutual TLS")
+    p.add_argument("--token-file", default="", help="file with the bearer token the server expects")
     p.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     return p

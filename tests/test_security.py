@@ -1,0 +1,135 @@
+"""TLS, mutual TLS, bearer tokens, the plaintext health port and turning reflection off."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from mdn_serve import loadtest
+from mdn_serve.client import MdnClient
+
+from tests.conftest import start_server, stop_server
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, as PEM files."""
+    root = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client@mdn-serve.test")
+    paths = {name: root / f"{name}.pem" for name in ("ca", "server_cert", "server_key", "client_cert", "client_key")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    server.private_key_pem.write_to_path(str(paths["server_key"]))
+    (paths["server_cert"]).write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    client.private_key_pem.write_to_path(str(paths["client_key"]))
+    (paths["client_cert"]).write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+    other = trustme.CA().issue_cert("intruder@elsewhere.test")  # signed by a CA the server does not trust
+    paths["intruder_cert"], paths["intruder_key"] = root / "intruder_cert.pem", root / "intruder_key.pem"
+    paths["intruder_cert"].write_bytes(b"".join(blob.bytes() for blob in other.cert_chain_pems))
+    other.private_key_pem.write_to_path(str(paths["intruder_key"]))
+    (root / "token").write_text(TOKEN + "\n")
+    paths["token"] = root / "token"
+    return {k: str(v) for k, v in paths.items()}
+
+
+def predict(client: MdnClient) -> list[int]:
+    return list(client.predict("two_link_arm", [[0.6, 0.6]]).weights.shape)
+
+
+def refused(client: MdnClient) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        predict(client)
+    return info.value.code()
+
+
+def test_tls_serves_clients_that_trust_the_ca_and_keeps_a_plaintext_health_port(trained, tmp_path, pki):
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--tls-cert",
+                        pki["server_cert"], "--tls-key", pki["server_key"], "--health-port", "0")  # fmt: skip
+    try:
+        assert "(gRPC, TLS)" in proc.log()
+        with MdnClient(proc.target, ca_cert=pki["ca"], timeout=10) as client:
+            assert predict(client) == [1, 3]
+        with MdnClient(proc.target, timeout=5) as plaintext:
+            assert refused(plaintext) == grpc.StatusCode.UNAVAILABLE
+        health_port = int(proc.log().split("health (plaintext) on ")[1].split(":")[1].split()[0])
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert stop_server(proc) == 0
+
+
+def test_mutual_tls_refuses_clients_without_a_trusted_certificate(trained, tmp_path, pki):
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--tls-cert",
+                        pki["server_cert"], "--tls-key", pki["server_key"], "--tls-client-ca", pki["ca"])  # fmt: skip
+    try:
+        assert "(gRPC, mutual TLS)" in proc.log()
+        with MdnClient(proc.target, ca_cert=pki["ca"], client_cert=pki["client_cert"],
+                       client_key=pki["client_key"], timeout=10) as client:  # fmt: skip
+            assert predict(client) == [1, 3]
+        with MdnClient(proc.target, ca_cert=pki["ca"], timeout=5) as anonymous:
+            assert refused(anonymous) == grpc.StatusCode.UNAVAILABLE
+        with MdnClient(proc.target, ca_cert=pki["ca"], client_cert=pki["intruder_cert"],
+                       client_key=pki["intruder_key"], timeout=5) as intruder:  # fmt: skip
+            assert refused(intruder) == grpc.StatusCode.UNAVAILABLE
+        out = tmp_path / "load.json"
+        assert loadtest.main(["--target", proc.target, "--duration", "0.3", "--warmup", "0", "--quiet",
+                              "--ca-cert", pki["ca"], "--client-cert", pki["client_cert"],
+                              "--client-key", pki["client_key"], "--json", str(out)]) == 0  # fmt: skip
+        result = json.loads(out.read_text())
+        assert result["requests"] > 0 and set(result["codes"]) == {"OK"}
+    finally:
+        assert stop_server(proc) == 0
+
+
+def test_bearer_token_is_required_except_for_health_and_never_logged(trained, tmp_path, pki):
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--auth-token-file",
+                        pki["token"], "--disable-reflection")  # fmt: skip
+    try:
+        with MdnClient(proc.target, token=TOKEN, timeout=10) as client:
+            assert predict(client) == [1, 3]
+            assert client.solve("two_link_arm", [[0.6, 0.6]]).num_solutions[0] >= 1
+        for token in (None, "wrong", TOKEN + "x", ""):
+            with MdnClient(proc.target, token=token, timeout=5) as client:
+                assert refused(client) == grpc.StatusCode.UNAUTHENTICATED
+        with grpc.insecure_channel(proc.target) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                timeout=5,
+                metadata=[("authorization", f"Bearer {TOKEN}")],
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                next(iter(stream))
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # reflection is off
+        out = tmp_path / "load.json"
+        assert loadtest.main(["--target", proc.target, "--duration", "0.3", "--warmup", "0", "--quiet",
+                              "--token-file", pki["token"], "--json", str(out)]) == 0  # fmt: skip
+        assert set(json.loads(out.read_text())["codes"]) == {"OK"}
+    finally:
+        assert stop_server(proc) == 0
+    assert TOKEN not in proc.log() and "bearer token required" in proc.log()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert"),
+        (["--auth-token-file", "missing-token"], "missing-token: no such file"),
+    ],
+)
+def test_inconsistent_security_flags_are_usage_errors(capsys, args, message):
+    from mdn_serve.config import parse_settings
+
+    with pytest.raises(SystemExit):
+        parse_settings(args, {})
+    assert message in capsys.readouterr().err
