@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -218,3 +219,49 @@ def test_messages_over_the_size_limit_are_resource_exhausted(trained):
     run_in_process(
         Settings(model_repository=trained["models"], port=0, metrics_port=-1, max_message_bytes=4096), scenario
     )
+
+
+def test_drain_under_load_loses_nothing_admitted(trained, tmp_path):
+    """SIGTERM: NOT_SERVING at once, answers for the drain delay, then UNAVAILABLE; exit 0."""
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--drain-delay-seconds",
+                        "1.5", "--grace-seconds", "5")  # fmt: skip
+    outcomes: list[tuple[float, str]] = []
+    details: list[str] = []
+    signalled_at = [0.0]
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with grpc.insecure_channel(proc.target) as channel:
+            stub = pb_grpc.MixtureDensityServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    stub.Modes(pb.ModesRequest(model=REQUEST.model, inputs=REQUEST.inputs), timeout=10)
+                    outcomes.append((time.monotonic(), "OK"))
+                except grpc.RpcError as exc:
+                    outcomes.append((time.monotonic(), exc.code().name))
+                    details.append(f"{time.monotonic() - signalled_at[0]:.3f} {exc.code().name} {exc.details()}")
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        return  # told to go away, as a client with somewhere else to go would
+
+    threads = [threading.Thread(target=client_loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    signalled = signalled_at[0] = time.monotonic()
+    proc.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with grpc.insecure_channel(proc.target) as channel:  # still answering, but telling probes to go away
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert proc.process.wait(timeout=30) == 0
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    during_drain = [code for at, code in outcomes if signalled < at < signalled + 1.2]
+    assert during_drain and set(during_drain) == {"OK"}
+    failures = {code for _, code in outcomes if code != "OK"}
+    assert failures <= {"UNAVAILABLE"}, (
+        details[:10],
+        proc.log()[-1500:],
+    )  # only calls made after the server stopped accepting
+    assert "draining" in proc.log()

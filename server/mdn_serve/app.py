@@ -32,6 +32,7 @@ from mdn_serve.security import BearerTokenInterceptor, read_token, server_creden
 log = logging.getLogger("mdn_serve")
 
 OVERALL = ""  # the health service's name for the server as a whole
+STOP_SETTLE_SECONDS = 0.2
 
 
 class MdnServer:
@@ -125,9 +126,17 @@ class MdnServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %d model(s) on %s:%d", len(repository.models), s.host, self.port)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first, then stop taking calls and let in-flight ones finish within grace."""
+    async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
+        """NOT_SERVING first, keep serving for drain_delay (so load balancers notice), then stop
+        taking calls (new ones get UNAVAILABLE) and let in-flight ones finish within grace."""
         await self.health.enter_graceful_shutdown()
+        if drain_delay > 0:
+            log.info("draining: NOT_SERVING, still answering for %.1f s", drain_delay)
+            await asyncio.sleep(drain_delay)
+        # Refuse new calls ourselves (UNAVAILABLE, so clients go elsewhere) for a moment before
+        # gRPC stops accepting: calls still in transit then are not cut off mid-way.
+        self.dataplane.accepting = False
+        await asyncio.sleep(min(STOP_SETTLE_SECONDS, self.settings.grace_seconds if grace is None else grace))
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
@@ -156,8 +165,12 @@ async def serve(settings: Settings, on_serving: Callable[[MdnServer], None] | No
     if on_serving is not None:
         on_serving(server)
     await stopping.wait()
-    log.info("shutting down: finishing in-flight requests (grace %.1f s)", settings.grace_seconds)
-    await server.stop()
+    log.info(
+        "shutting down: drain %.1f s, then finish in-flight requests (grace %.1f s)",
+        settings.drain_delay_seconds,
+        settings.grace_seconds,
+    )
+    await server.stop(drain_delay=settings.drain_delay_seconds)
 
 
 def run(settings: Settings, on_serving: Callable[[MdnServer], None] | None = None) -> int:

@@ -47,6 +47,7 @@ class Dataplane:
         self.limits = limits
         self.batching = batching or BatchingConfig(max_concurrent_batches=compute_threads)
         self.repository: ModelRepository | None = None
+        self.accepting = True  # False once shutdown has begun: new calls get UNAVAILABLE
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=compute_threads, thread_name_prefix="mdn-compute")
 

@@ -82,6 +82,8 @@ def handler(
             in_flight = metrics.child(metrics.in_flight, protocol, method)
             in_flight.inc()
             try:
+                if not dataplane.accepting:
+                    raise Unavailable("the server is shutting down; retry on another replica")
                 return await fn(self, request, context)
             except MdnError as exc:
                 code = status_for(exc)
