@@ -63,6 +63,8 @@ class MdnServer:
             interceptors=interceptors,
         )
         self.health_server: grpc.aio.Server | None = None
+        self._providers: list[str] = []
+        self._reload_lock = asyncio.Lock()
         self.health_port: int | None = None
         elements = size // 4
         add_service(self.server, MdnServicer(self.dataplane, elements), mdn_pb2.DESCRIPTOR.services_by_name[
@@ -113,7 +115,7 @@ class MdnServer:
             self.metrics_port = self._metrics_server.server_port
             log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
 
-        providers = choose_providers(s.device)
+        providers = self._providers = choose_providers(s.device)
         log.info("device %s: execution providers %s", s.device, providers)
         repository = await asyncio.to_thread(
             ModelRepository.load, s.model_repository, providers, s.intra_op_threads, s.inter_op_threads
@@ -125,6 +127,28 @@ class MdnServer:
         for name in (OVERALL, SERVICE_NAME, IK_SERVICE_NAME, OIP_SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %d model(s) on %s:%d", len(repository.models), s.host, self.port)
+
+    async def reload(self) -> None:
+        """Pick up new, changed and removed versions; each new file is loaded and warmed first."""
+        async with self._reload_lock:
+            current = self.dataplane.repository
+            if current is None:
+                return
+            s = self.settings
+
+            def failed(name: str, version: str, reason: str) -> None:
+                self.metrics.load_failures.labels(name, version).inc()
+
+            fresh = await asyncio.to_thread(
+                current.reloaded, s.model_repository, self._providers, s.intra_op_threads, s.inter_op_threads, failed
+            )
+            self.metrics.reloads.inc()
+            if fresh is not current:
+                self.dataplane.set_repository(fresh)
+            log.info(
+                "repository reloaded: %s",
+                ", ".join(f"{n} {','.join(e.version_list)}" for n, e in sorted(fresh.models.items())),
+            )
 
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         """NOT_SERVING first, keep serving for drain_delay (so load balancers notice), then stop
@@ -164,13 +188,33 @@ async def serve(settings: Settings, on_serving: Callable[[MdnServer], None] | No
         raise
     if on_serving is not None:
         on_serving(server)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload_soon() -> None:
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_soon)
+    poller = loop.create_task(_poll(server, settings.poll_seconds)) if settings.poll_seconds > 0 else None
     await stopping.wait()
+    if poller is not None:
+        poller.cancel()
     log.info(
         "shutting down: drain %.1f s, then finish in-flight requests (grace %.1f s)",
         settings.drain_delay_seconds,
         settings.grace_seconds,
     )
     await server.stop(drain_delay=settings.drain_delay_seconds)
+
+
+async def _poll(server: MdnServer, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await server.reload()
+        except Exception:
+            log.exception("reload failed")
 
 
 def run(settings: Settings, on_serving: Callable[[MdnServer], None] | None = None) -> int:

@@ -137,6 +137,12 @@ class DynamicBatcher:
     def _reject(self, reason: str) -> None:
         self.metrics.rejections.labels(self.runtime.name, self.runtime.version, reason).inc()
 
+    async def retire(self) -> None:
+        """Finish everything queued and computing, then stop (the version was replaced or removed)."""
+        while self._queue or self._running or self._slots.locked():
+            await asyncio.sleep(0.01)
+        await self.close()
+
     async def close(self) -> None:
         tasks = [t for t in (self._loop_task, *self._running) if t is not None]
         for task in tasks:

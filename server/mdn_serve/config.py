@@ -38,6 +38,7 @@ class Settings:
     health_port: int = -1  # a plaintext port serving only grpc.health.v1 (for probes when TLS is on)
     auth_token_file: str = ""  # a file holding the bearer token every call but health must carry
     disable_reflection: bool = False
+    poll_seconds: float = 0.0  # look for new, changed or removed versions this often; 0: on SIGHUP only
     drain_delay_seconds: float = 0.0  # on SIGTERM: NOT_SERVING, but keep serving this long first
     grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
     log_level: str = "INFO"
@@ -91,6 +92,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("MDN_DISABLE_REFLECTION", "").lower() in ("1", "true", "yes"),
         help="do not serve gRPC server reflection (env MDN_DISABLE_REFLECTION=1)",
     )
+    add("--poll-seconds", float, "reload the model repository this often (SIGHUP always reloads); 0: never")
     add("--drain-delay-seconds", float, "on SIGTERM, report NOT_SERVING but keep serving this long (probe propagation)")
     add("--grace-seconds", float, "time in-flight requests get to finish on SIGTERM/SIGINT")
     add("--log-level", str, "DEBUG, INFO, WARNING or ERROR")
@@ -134,6 +136,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         problems.append("--health-port must be in -1..65535")
     if settings.max_queue_delay_ms < 0:
         problems.append("--max-queue-delay-ms must be >= 0")
+    if settings.poll_seconds < 0:
+        problems.append("--poll-seconds must be >= 0")
     if settings.drain_delay_seconds < 0:
         problems.append("--drain-delay-seconds must be >= 0")
     if settings.grace_seconds < 0:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mdn_serve.batching import BatchingConfig, DynamicBatcher, Outputs, SampleSpec
-from mdn_serve.errors import InvalidInput, LimitExceeded, Unavailable
+from mdn_serve.errors import InvalidInput, LimitExceeded, ModelNotFound, Unavailable
 from mdn_serve.ik import DEFAULT_TOLERANCE, Solutions, solve
 from mdn_serve.kinematics import PlanarArm
 from mdn_serve.metrics import Metrics
@@ -48,18 +48,34 @@ class Dataplane:
         self.batching = batching or BatchingConfig(max_concurrent_batches=compute_threads)
         self.repository: ModelRepository | None = None
         self.accepting = True  # False once shutdown has begun: new calls get UNAVAILABLE
+        self._retiring: set[asyncio.Future[None]] = set()
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=compute_threads, thread_name_prefix="mdn-compute")
 
     def set_repository(self, repository: ModelRepository) -> None:
-        self._batchers = {
-            (entry.name, version): DynamicBatcher(runtime, self._executor, self.metrics, self.batching)
-            for entry in repository.models.values()
-            for version, runtime in entry.versions.items()
-        }
-        for (name, version), batcher in self._batchers.items():
-            self.metrics.model_info.labels(name, version, batcher.runtime.provider).set(1)
-        self.repository = repository
+        """Serve this repository from now on (at start, and atomically on every reload).
+
+        Batchers of unchanged versions carry on; those of replaced or removed versions finish
+        what they hold, then stop.
+        """
+        old = self._batchers
+        batchers: dict[tuple[str, str], DynamicBatcher] = {}
+        for entry in repository.models.values():
+            for version, runtime in entry.versions.items():
+                key = (entry.name, version)
+                kept = old.get(key)
+                if kept is not None and kept.runtime is runtime:
+                    batchers[key] = kept
+                else:
+                    batchers[key] = DynamicBatcher(runtime, self._executor, self.metrics, self.batching)
+                    self.metrics.model_info.labels(entry.name, version, runtime.provider).set(1)
+        self._batchers, self.repository = batchers, repository
+        for key, batcher in old.items():
+            if batchers.get(key) is not batcher:
+                if key not in batchers:
+                    self.metrics.model_info.remove(*key, batcher.runtime.provider)
+                self._retiring.add(asyncio.ensure_future(batcher.retire()))
+                self._retiring = {t for t in self._retiring if not t.done()}
 
     @property
     def ready(self) -> bool:
@@ -180,5 +196,7 @@ class Dataplane:
         if max_modes is not None and max_modes < 0:
             raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {max_modes}")
         self.metrics.child(self.metrics.rows, method, runtime.name).observe(x.shape[0])
-        batcher = self._batchers[(runtime.name, runtime.version)]
+        batcher = self._batchers.get((runtime.name, runtime.version))
+        if batcher is None:  # unloaded by a reload since it was resolved
+            raise ModelNotFound(f"model {runtime.name!r} version {runtime.version} was just unloaded; retry")
         return runtime, await batcher.submit(x, sampling, max_modes, deadline)

@@ -87,6 +87,11 @@ class Metrics:
             "mdn_request_rows", "Input rows (batch size) per request, by method and model.", ["method", "model"],
             buckets=ROW_BUCKETS, registry=r,
         )  # fmt: skip
+        self.load_failures = Counter(
+            "mdn_model_load_failures", "Model versions that could not be loaded on a reload, by model and version.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.reloads = Counter("mdn_repository_reloads", "Repository reloads (SIGHUP or poll).", registry=r)
         self.model_info = Gauge(
             "mdn_model_info", "1 for each loaded model version, labelled with the execution provider.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",

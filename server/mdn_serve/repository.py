@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdn_serve.contract import MODEL_FILENAME
 from mdn_serve.errors import ModelLoadError, ModelNotFound
-from mdn_serve.runtime import ModelRuntime
+from mdn_serve.runtime import ModelRuntime, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,54 @@ class ModelRepository:
                 entry.versions[version] = runtime
             models[name] = entry
         return cls(models)
+
+    def reloaded(
+        self,
+        root: Path,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        on_failure: Callable[[str, str, str], None] | None = None,
+    ) -> ModelRepository:
+        """A new repository for what is on disk now, reusing every version whose file is unchanged.
+
+        A new or changed file is loaded and warmed up before it can serve; one that fails
+        (corrupt, half-written, breaking the contract) is reported through on_failure(name,
+        version, reason) and the version it would replace, if any, keeps serving.
+        """
+        try:
+            found = discover(root)
+        except ModelLoadError as exc:
+            if on_failure is not None:
+                on_failure("-", "-", str(exc))
+            return self  # an empty or broken repository does not take the served models down
+        models: dict[str, ModelEntry] = {}
+        for name, versions in found.items():
+            entry = ModelEntry(name)
+            for version, path in versions.items():
+                old = self.models[name].versions.get(version) if name in self.models else None
+                if old is not None and old.file_stamp == file_stamp(path):
+                    entry.versions[version] = old
+                    continue
+                try:
+                    runtime = ModelRuntime(name, version, path, providers, intra_op_threads, inter_op_threads)
+                    runtime.warm_up()
+                except (ModelLoadError, OSError) as exc:
+                    log.error("not serving %s version %s: %s", name, version, exc)
+                    if on_failure is not None:
+                        on_failure(name, version, str(exc))
+                    if old is not None:
+                        entry.versions[version] = old
+                    continue
+                log.info("loaded %s version %s from %s", name, version, path)
+                entry.versions[version] = runtime
+            if entry.versions:
+                models[name] = entry
+        for name, entry in self.models.items():
+            for version in entry.versions:
+                if name not in models or version not in models[name].versions:
+                    log.info("unloaded %s version %s (gone from %s)", name, version, root)
+        return ModelRepository(models)
 
     def get(self, name: str, version: str = "") -> ModelRuntime:
         if not name:

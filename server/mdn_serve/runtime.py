@@ -51,6 +51,12 @@ class Mixture:
     scales: NDArray[np.float32]  # (B, K, D)
 
 
+def file_stamp(path: Path) -> tuple[int, int, int]:
+    """Identity of a file's content for reloads: (inode, size, mtime in ns)."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class ModelRuntime:
     """One loaded model version: an ONNX Runtime session plus its validated metadata."""
 
@@ -64,6 +70,7 @@ class ModelRuntime:
         inter_op_threads: int = 0,
     ) -> None:
         self.name, self.version, self.path = name, version, path
+        self.file_stamp = file_stamp(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads

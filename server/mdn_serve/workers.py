@@ -67,8 +67,8 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
             _run_worker(worker_settings, ready_write)
         children[pid] = slot
         log.info("worker %d started (pid %d)", slot, pid)
@@ -80,8 +80,14 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def reload(signum: int, _frame: object) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, reload)
     for slot in range(settings.workers):
         spawn(slot)
 
