@@ -35,7 +35,9 @@ class Load:
     """Clients predicting all along; every answer must be OK."""
 
     def __init__(self, target: str) -> None:
-        self.target, self.codes, self.versions = target, [], set()
+        self.target = target
+        self.codes: list[str] = []
+        self.versions: set[str] = set()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.run) for _ in range(3)]
 
@@ -68,6 +70,7 @@ def test_sighup_swaps_versions_under_load_and_refuses_bad_files(trained, tmp_pat
     client = MdnClient(proc.target, timeout=10)
     try:
         with Load(proc.target) as load:
+            wait_for(lambda: len(load.codes) > 20)  # version 1 answering under load
             # A new version appears: loaded and warmed, then it answers for the latest.
             (repo / "two_link_arm" / "2").mkdir()
             shutil.copy(source, repo / "two_link_arm" / "2" / "model.onnx")
