@@ -1,0 +1,124 @@
+"""Overload and deadlines against a real server: shed fast, serve what is admitted, recover, skip dead work."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import start_server, stop_server
+
+MODES = "/mdn.v1.MixtureDensityService/Modes"
+
+
+def body(rows: int) -> bytes:
+    x = np.random.default_rng(rows).uniform([0.3, 0.3], [0.9, 0.8], (rows, 2)).astype("<f4")
+    request = pb.ModesRequest(model=pb.ModelRef(name="two_link_arm"), inputs=pb.Tensor(shape=x.shape, raw=x.tobytes()))
+    return request.SerializeToString()
+
+
+def rss_mb(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert match
+    return int(match.group(1)) / 1024
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+async def burst(target: str, payload: bytes, count: int, timeout: float) -> list[tuple[str, float]]:
+    """count requests at once; (status, seconds) for each."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(MODES, request_serializer=None, response_deserializer=None)
+
+        async def one() -> tuple[str, float]:
+            start = time.perf_counter()
+            try:
+                await call(payload, timeout=timeout)
+                return "OK", time.perf_counter() - start
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name, time.perf_counter() - start
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def test_overload_is_shed_fast_admitted_work_is_served_and_the_server_recovers(trained, tmp_path):
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--max-queue-size", "8",
+                        "--compute-threads", "1")  # fmt: skip
+    try:
+        payload = body(512)
+        asyncio.run(burst(proc.target, payload, 4, 30))  # warm
+        rss_before = rss_mb(proc.process.pid)
+        results: list[tuple[str, float]] = []
+        for _ in range(3):  # several times what one compute thread and a queue of 8 can hold
+            results += asyncio.run(burst(proc.target, payload, 150, 60))
+        codes = {code for code, _ in results}
+        assert codes == {"OK", "RESOURCE_EXHAUSTED"}, codes
+        served = sorted(t for code, t in results if code == "OK")
+        shed = sorted(t for code, t in results if code == "RESOURCE_EXHAUSTED")
+        assert len(served) >= 9 and len(shed) >= 100
+        assert served[-1] < 30  # what is admitted is served, in bounded time
+        assert rss_mb(proc.process.pid) < rss_before + 150  # rejected work is not held in memory
+        # Load gone: served at once again.
+        after = asyncio.run(burst(proc.target, payload, 1, 30))
+        assert after[0][0] == "OK"
+        metrics = scrape(proc.metrics_port)
+        full = metrics[("mdn_rejected_requests_total", (("model", "two_link_arm"), ("reason", "queue_full"),
+                                                         ("version", "1")))]  # fmt: skip
+        assert full == len(shed)
+
+        # In the server, a rejection takes a small fraction of what a served request takes.
+        def mean_seconds(code: str) -> float:
+            labels = (("code", code), ("method", "Modes"), ("model", "two_link_arm"), ("protocol", "mdn.v1"))
+            total = metrics[("mdn_request_duration_seconds_sum", labels)]
+            return total / metrics[("mdn_request_duration_seconds_count", labels)]
+
+        assert mean_seconds("RESOURCE_EXHAUSTED") < 0.1 * mean_seconds("OK")
+    finally:
+        assert stop_server(proc) == 0
+
+
+def test_requests_whose_deadline_passes_in_the_queue_are_not_computed(trained, tmp_path):
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--compute-threads", "1")
+    try:
+        slow, payload = body(4096), body(8)
+
+        async def scenario() -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+            blockers = asyncio.ensure_future(burst(proc.target, slow, 6, 60))  # keeps the compute thread busy
+            await asyncio.sleep(0.05)
+            hurried = asyncio.ensure_future(burst(proc.target, payload, 20, 0.05))
+            patient = asyncio.ensure_future(burst(proc.target, payload, 10, 60))
+            await blockers
+            return await hurried, await patient
+
+        key = ("mdn_inferences_total", (("model", "two_link_arm"), ("version", "1")))
+        before = scrape(proc.metrics_port)
+        hurried, patient = asyncio.run(scenario())
+        after = scrape(proc.metrics_port)
+        assert {code for code, _ in hurried} <= {"DEADLINE_EXCEEDED", "OK"}
+        assert any(code == "DEADLINE_EXCEEDED" for code, _ in hurried)
+        assert {code for code, _ in patient} == {"OK"}  # the others are unaffected
+        # gRPC cancels a call whose deadline passed; either way the batcher drops it before compute.
+        dropped = sum(
+            after.get(("mdn_rejected_requests_total", (("model", "two_link_arm"), ("reason", reason),
+                                                       ("version", "1"))), 0)
+            for reason in ("deadline", "cancelled")
+        )  # fmt: skip
+        assert dropped >= 1
+        computed = after[key] - before.get(key, 0)
+        assert computed <= 6 + 10 + 20 - dropped  # dropped requests never reached ONNX Runtime
+    finally:
+        assert stop_server(proc) == 0
