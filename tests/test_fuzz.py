@@ -37,7 +37,14 @@ METHODS = [
     "/inference.GRPCInferenceService/ModelMetadata",
     "/inference.GRPCInferenceService/ModelReady",
 ]
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomized: the same cases every run, so CI is reproducible; raise max_examples to search wider.
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +88,7 @@ def tensors(draw):
     kind = draw(st.sampled_from(["values", "raw", "both", "none"]))
     values = draw(st.lists(floats, max_size=40)) if kind in ("values", "both") else []
     raw = draw(st.binary(max_size=200)) if kind in ("raw", "both") else b""
-    if kind == "raw" and draw(st.booleans()) and shape and all(0 <= d <= 64 for d in shape):
+    if kind == "raw" and draw(st.booleans()) and shape and all(d >= 0 for d in shape) and math.prod(shape) <= 256:
         # A well-formed raw tensor (the right length), with whatever values, NaN and Inf included.
         count = math.prod(shape)
         raw = np.array(draw(st.lists(floats, min_size=count, max_size=count)), "<f4").tobytes()
