@@ -117,9 +117,6 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     ):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("intra_op_threads", "inter_op_threads"):
-        if getattr(settings, name) < 0:
-            problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if not 0 <= settings.port <= 65535:
         problems.append("--port must be in 0..65535")
     if not -1 <= settings.metrics_port <= 65535:
@@ -134,14 +131,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             problems.append(f"--{name.replace('_', '-')} {path}: no such file")
     if not -1 <= settings.health_port <= 65535:
         problems.append("--health-port must be in -1..65535")
-    if settings.max_queue_delay_ms < 0:
-        problems.append("--max-queue-delay-ms must be >= 0")
-    if settings.poll_seconds < 0:
-        problems.append("--poll-seconds must be >= 0")
-    if settings.drain_delay_seconds < 0:
-        problems.append("--drain-delay-seconds must be >= 0")
-    if settings.grace_seconds < 0:
-        problems.append("--grace-seconds must be >= 0")
+    non_negative = ("intra_op_threads", "inter_op_threads", "max_queue_delay_ms", "poll_seconds")
+    for name in (*non_negative, "drain_delay_seconds", "grace_seconds"):
+        if getattr(settings, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("--log-level must be DEBUG, INFO, WARNING or ERROR")
     if problems:
