@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -228,13 +227,3 @@ def run(settings: Settings, on_serving: Callable[[MdnServer], None] | None = Non
         log.error("cannot start: %s", exc)
         return 1
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from mdn_serve.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,18 +11,22 @@ from mdn_serve.errors import InvalidInput
 _LE_FLOAT32 = np.dtype("<f4")
 
 
-def decode_tensor(tensor: pb.Tensor, field: str, max_elements: int) -> tuple[NDArray[np.float32], bool]:
-    """Returns (array, was_raw). Raw bytes are viewed in place, not copied."""
-    shape = list(tensor.shape)
+def element_count(shape: list[int], what: str, max_elements: int) -> int:
+    """Values a claimed shape holds; InvalidInput for a negative dimension or more than a request can carry."""
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}.shape {shape} has a negative dimension")
+        raise InvalidInput(f"{what} {shape} has a negative dimension")
     count = 1
     for d in shape:
         count *= d  # Python ints: no overflow, however large the claimed shape
     if count > max_elements:
-        raise InvalidInput(
-            f"{field}.shape {shape} holds {count} values, more than a request can carry ({max_elements})"
-        )
+        raise InvalidInput(f"{what} {shape} holds {count} values, more than a request can carry ({max_elements})")
+    return count
+
+
+def decode_tensor(tensor: pb.Tensor, field: str, max_elements: int) -> tuple[NDArray[np.float32], bool]:
+    """Returns (array, was_raw). Raw bytes are viewed in place, not copied."""
+    shape = list(tensor.shape)
+    count = element_count(shape, f"{field}.shape", max_elements)
     has_raw, num_values = len(tensor.raw) > 0, len(tensor.values)
     if has_raw and num_values:
         raise InvalidInput(f"{field} sets both values and raw; set exactly one")

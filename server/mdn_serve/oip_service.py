@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from mdn_serve import __version__
 from mdn_serve._proto.inference import grpc_service_pb2 as pb
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from mdn_serve.codec import element_count
 from mdn_serve.contract import INPUT_NAME
 from mdn_serve.dataplane import Dataplane, Outputs, SampleSpec
 from mdn_serve.errors import InvalidInput, ModelNotFound, Unavailable
@@ -84,13 +85,7 @@ def decode_input(request: pb.ModelInferRequest, max_elements: int) -> tuple[NDAr
     if dtype is None:
         raise InvalidInput(f"unsupported datatype {tensor.datatype!r} for input '{INPUT_NAME}'; send FP32 (or FP64)")
     shape = list(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{INPUT_NAME}' shape {shape} has a negative dimension")
-    count = 1
-    for d in shape:
-        count *= d
-    if count > max_elements:
-        raise InvalidInput(f"input '{INPUT_NAME}' shape {shape} holds {count} values, more than a request can carry")
+    count = element_count(shape, f"input '{INPUT_NAME}' shape", max_elements)
     typed = tensor.HasField("contents") and any(
         len(getattr(tensor.contents, f.name)) for f in tensor.contents.DESCRIPTOR.fields
     )

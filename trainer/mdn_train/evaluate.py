@@ -79,15 +79,28 @@ def _quantiles(errors: NDArray[np.floating]) -> dict[str, float]:
     }
 
 
+def branch_gaps(branches: NDArray[np.floating], returned: NDArray[np.floating]) -> NDArray[np.floating]:
+    """Distance from each analytic branch (B, 2, J) to every returned configuration (B, M, J): (B, 2, M).
+
+    NaN padding in `returned` gives infinite distance.
+    """
+    gap = np.linalg.norm(branches[:, :, None, :] - returned[:, None, :, :], axis=-1)
+    out: NDArray[np.floating] = np.where(np.isnan(gap), np.inf, gap)
+    return out
+
+
+def coverage(gap: NDArray[np.floating], feasible: NDArray[np.bool_]) -> float:
+    """Fraction of targets where every feasible branch has a returned configuration within tolerance."""
+    nearest = np.min(gap, axis=-1, initial=np.inf)  # (B, 2)
+    return float(np.mean(np.all(~feasible | (nearest <= BRANCH_TOLERANCE), axis=-1)))
+
+
 def arm_metrics(
     arm: PlanarArm, targets: NDArray[np.floating], modes: NDArray[np.floating], num_modes: NDArray[np.integer]
 ) -> dict[str, Any]:
     """Branch coverage and FK error of the returned modes against the closed-form IK."""
     solutions, feasible = arm.two_link_ik(targets)  # (B, 2, J), (B, 2)
-    # Distance from each analytic branch to its nearest returned mode (NaN padding is ignored).
-    gap = np.linalg.norm(solutions[:, :, None, :] - modes[:, None, :, :], axis=-1)  # (B, 2, M)
-    nearest = np.min(np.where(np.isnan(gap), np.inf, gap), axis=-1, initial=np.inf)  # (B, 2)
-    covered = np.all(~feasible | (nearest <= BRANCH_TOLERANCE), axis=-1)
+    gap = branch_gaps(solutions, modes)
     valid = ~np.isnan(modes[..., 0])
     fk_error = np.linalg.norm(arm.forward(modes) - targets[:, None, :], axis=-1)[valid]
     within = arm.within_limits(modes, slack=1e-3)[valid]
@@ -96,7 +109,7 @@ def arm_metrics(
     near = (np.min(near_gap, axis=1) <= BRANCH_TOLERANCE)[valid]
     return {
         "num_targets": len(targets),
-        "branch_coverage": float(np.mean(covered)),
+        "branch_coverage": coverage(gap, feasible),
         "targets_with_two_feasible_branches": float(np.mean(feasible.sum(-1) == 2)),
         "mean_modes_per_target": float(np.mean(num_modes)),
         "mode_precision": float(np.mean(near)) if near.size else float("nan"),
@@ -153,9 +166,7 @@ def ik_metrics(
     if arm.num_joints == 2:
         branches, feasible = arm.two_link_ik(targets)
         sol = np.where(returned[..., None], found.solutions, np.nan)
-        gap = np.linalg.norm(branches[:, :, None, :] - sol[:, None, :, :], axis=-1)  # (B, 2, M)
-        nearest = np.min(np.where(np.isnan(gap), np.inf, gap), axis=-1, initial=np.inf)
-        out["branch_coverage"] = float(np.mean(np.all(~feasible | (nearest <= BRANCH_TOLERANCE), axis=-1)))
+        out["branch_coverage"] = coverage(branch_gaps(branches, sol), feasible)
     else:
         # A redundant arm has a continuum of solutions: how far apart are the ones returned?
         several = found.num_solutions > 1
