@@ -14,6 +14,7 @@ import pytest
 from mdn_serve.batching import BatchingConfig, DynamicBatcher, SampleSpec
 from mdn_serve.client import MdnClient
 from mdn_serve.errors import DeadlineExpired, QueueFull
+from mdn_serve.eventloop import ServingEventLoop
 from mdn_serve.metrics import Metrics
 from mdn_serve.mixture import mixture_modes, sample_mixture
 from mdn_serve.runtime import CPU, ModelRuntime
@@ -179,6 +180,30 @@ def test_small_plain_batches_run_inline_and_big_ones_on_the_compute_threads(runt
 
     asyncio.run(run())
     assert value(metrics, "mdn_inferences_total") == 2
+    executor.shutdown()
+
+
+def test_with_no_delay_everything_already_waiting_shares_a_batch(runtime):
+    executor = ThreadPoolExecutor(1)
+    batcher, metrics = make(runtime, executor)  # max_queue_delay 0
+    x = np.full((1, 2), 0.6, np.float32)
+
+    async def run():
+        # Requests reaching the batcher over several loop steps, as handlers of calls that came
+        # in together do, with work in between: one batch, sent once the loop is idle.
+        calls = []
+        for _ in range(6):
+            calls.append(asyncio.ensure_future(batcher.submit(x)))
+            await asyncio.sleep(0)
+        assert not any(call.done() for call in calls)
+        await asyncio.gather(*calls)
+        await asyncio.wait_for(batcher.submit(x), 5)  # alone, with nothing else to do: sent at once
+
+    # A long max_idle_wait: however slow this machine is, only idleness sends the batch.
+    with asyncio.Runner(loop_factory=lambda: ServingEventLoop(max_idle_wait=30)) as runner:
+        runner.run(run())
+    assert value(metrics, "mdn_inferences_total") == 7
+    assert value(metrics, "mdn_executions_total") == 2
     executor.shutdown()
 
 

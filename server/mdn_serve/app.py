@@ -19,6 +19,7 @@ from mdn_serve.batching import BatchingConfig
 from mdn_serve.config import Settings
 from mdn_serve.dataplane import Dataplane, Limits
 from mdn_serve.errors import MdnError
+from mdn_serve.eventloop import ServingEventLoop
 from mdn_serve.grpc_service import IK_SERVICE_NAME, SERVICE_NAME, IkServicer, MdnServicer
 from mdn_serve.metrics import Metrics
 from mdn_serve.oip_service import SERVICE_NAME as OIP_SERVICE_NAME
@@ -219,7 +220,8 @@ async def _poll(server: MdnServer, seconds: float) -> None:
 def run(settings: Settings, on_serving: Callable[[MdnServer], None] | None = None) -> int:
     """Serve until a signal; the process exit code (1 for a start-up error, logged)."""
     try:
-        asyncio.run(serve(settings, on_serving))
+        with asyncio.Runner(loop_factory=ServingEventLoop) as runner:
+            runner.run(serve(settings, on_serving))
     except MdnError as exc:
         log.error("%s", exc)
         return 1

@@ -2,7 +2,9 @@
 
 Triton's semantics: a batch is sent as soon as a compute slot is free, with whatever is
 queued (up to max_batch_rows); with a max_queue_delay > 0 a lone request waits that long for
-company. The queue is bounded and a request that does not fit is rejected at once. Requests
+company. With the default delay of 0 nobody waits for requests still to come, but requests
+that already reached the server and are still on their way through the event loop are
+waiting too: the batch leaves when the loop has handled them (see mdn_serve.eventloop). The queue is bounded and a request that does not fit is rejected at once. Requests
 whose deadline passed or whose caller went away are dropped before compute.
 
 Answers do not depend on batching: every row is computed independently, and each request
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import time
 from collections.abc import Sequence
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_serve.errors import DeadlineExpired, QueueFull
+from mdn_serve.errors import DeadlineExpired, QueueFull, Unavailable
+from mdn_serve.eventloop import call_when_idle
 from mdn_serve.metrics import Metrics
 from mdn_serve.mixture import Modes, mixture_modes, sample_draws, samples_from_draws
 from mdn_serve.runtime import Mixture, ModelRuntime
@@ -75,7 +79,11 @@ class _Request(_Work):
 
 
 class DynamicBatcher:
-    """The queue and batch loop for one model version."""
+    """The queue and the batching decisions for one model version.
+
+    Everything runs on the event loop, driven by callbacks: a request arriving, the queue
+    delay running out, the loop going idle, a compute slot coming free.
+    """
 
     def __init__(self, runtime: ModelRuntime, executor: Executor, metrics: Metrics, config: BatchingConfig) -> None:
         self.runtime = runtime
@@ -84,11 +92,11 @@ class DynamicBatcher:
         self.config = config
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
-        self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(config.max_concurrent_batches)
-        self._loop_task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
-        self._lonely_until = 0.0  # until then, partial batches do not wait (see _batch_loop)
+        self._computing: set[asyncio.Future[list[Outputs]]] = set()  # batches on the compute threads
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._queued_when_armed = 0  # queue length when the delay timer was set
+        self._lonely_until = 0.0  # until then, partial batches do not wait (see _on_delay_over)
         labels = (runtime.name, runtime.version)
         self._depth = metrics.queue_depth.labels(*labels)
         self._queue_seconds = metrics.queue_seconds.labels(*labels)
@@ -112,90 +120,99 @@ class DynamicBatcher:
                 f"model {self.runtime.name!r} version {self.runtime.version} has {len(self._queue)} requests "
                 "queued, its limit; retry with backoff"
             )
-        if (
-            self.config.max_queue_delay == 0
-            and not self._queue
-            and not self._slots.locked()
-            and self._is_small_request(x, sampling, max_modes)
-        ):
-            # Nothing is waiting to be batched with: answer at once, with no queue hop.
-            self._queue_seconds.observe(0.0)
-            return self._compute([_Work(x, sampling, max_modes)])[0]
-        if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
         self._queue.append(_Request(x, sampling, max_modes, future, time.monotonic(), deadline))
         self._queued_rows += x.shape[0]
         self._depth.set(len(self._queue))
-        self._arrived.set()
+        self._schedule(loop)
         try:
             return await future
         except asyncio.CancelledError:
-            future.cancel()  # the batch loop skips it if it has not started computing
+            future.cancel()  # a batch not yet taken skips it
             raise
 
     def _reject(self, reason: str) -> None:
         self.metrics.rejections.labels(self.runtime.name, self.runtime.version, reason).inc()
 
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Decide when the queue is looked at next.
+
+        A full batch, or a queue delay of 0, sends what is queued once the event loop has
+        handled every request that already reached the server (see mdn_serve.eventloop). With
+        a delay, the oldest request waits up to that long for company.
+        """
+        if not self._queue or self._flush_scheduled or len(self._computing) >= self.config.max_concurrent_batches:
+            return  # nothing to do, already planned, or a finishing batch calls again
+        delay = self.config.max_queue_delay
+        if delay > 0 and self._queued_rows < self.config.max_batch_rows and time.monotonic() >= self._lonely_until:
+            wait = self._queue[0].enqueued + delay - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._queued_when_armed = len(self._queue)
+                    self._timer = loop.call_later(wait, self._on_delay_over, loop)
+                return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._flush_scheduled = True
+        call_when_idle(loop, self._flush)
+
+    def _on_delay_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if len(self._queue) <= self._queued_when_armed:
+            # Nobody came: this traffic has no concurrency to batch (one client waiting on
+            # each answer, say), so stop making requests wait, and look again later.
+            self._lonely_until = time.monotonic() + LONELY_BACKOFF_SECONDS
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send batches while compute slots are free; small plain ones are computed right here."""
+        self._flush_scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._queue and len(self._computing) < self.config.max_concurrent_batches:
+            batch = self._take_batch()
+            if not batch:
+                continue
+            if self._is_small(batch):
+                # Microseconds of ONNX Runtime: a thread hand-off would cost more than the work.
+                try:
+                    self._deliver(batch, self._compute(batch), None)
+                except Exception as exc:
+                    self._deliver(batch, None, exc)
+                continue
+            running = loop.run_in_executor(self.executor, self._compute, batch)
+            self._computing.add(running)
+            running.add_done_callback(functools.partial(self._computed, batch))
+
+    def _computed(self, batch: list[_Request], running: asyncio.Future[list[Outputs]]) -> None:
+        self._computing.discard(running)
+        if running.cancelled():
+            self._deliver(batch, None, Unavailable("the model version was unloaded while computing; retry"))
+        elif (error := running.exception()) is not None:
+            self._deliver(batch, None, error)
+        else:
+            self._deliver(batch, running.result(), None)
+        self._schedule(asyncio.get_running_loop())
+
     async def retire(self) -> None:
         """Finish everything queued and computing, then stop (the version was replaced or removed)."""
-        while self._queue or self._running or self._slots.locked():
+        while self._queue or self._computing:
             await asyncio.sleep(0.01)
         await self.close()
 
     async def close(self) -> None:
-        tasks = [t for t in (self._loop_task, *self._running) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for running in list(self._computing):
+            running.cancel()
         while self._queue:
             request = self._queue.popleft()
             if not request.future.done():
                 request.future.cancel()
-
-    async def _batch_loop(self) -> None:
-        while True:
-            while not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-            await self._slots.acquire()
-            await asyncio.sleep(0)  # let requests already delivered to the loop join this batch
-            if (
-                self.config.max_queue_delay > 0
-                and self._queued_rows < self.config.max_batch_rows
-                and time.monotonic() >= self._lonely_until
-            ) and not await self._wait_for_company():
-                # Nobody came: this traffic has no concurrency to batch (one client waiting on
-                # each answer, say), so stop making requests wait, and look again later.
-                self._lonely_until = time.monotonic() + LONELY_BACKOFF_SECONDS
-            batch = self._take_batch()
-            if not batch:
-                self._slots.release()
-                continue
-            if self._is_small(batch):
-                self._finish(batch)
-                continue
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _wait_for_company(self) -> bool:
-        """Let the oldest request wait up to max_queue_delay for the batch to fill.
-
-        Returns whether any request joined it meanwhile.
-        """
-        oldest = self._queue[0].enqueued if self._queue else time.monotonic()
-        before = len(self._queue)
-        while self._queued_rows < self.config.max_batch_rows:
-            remaining = oldest + self.config.max_queue_delay - time.monotonic()
-            if remaining <= 0:
-                break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                break
-        return len(self._queue) > before
+        self._queued_rows = 0
+        await asyncio.sleep(0)  # let the cancelled batches' callbacks answer their callers
 
     def _take_batch(self) -> list[_Request]:
         """Pop requests up to max_batch_rows (at least one), dropping the ones nobody waits for."""
@@ -222,35 +239,13 @@ class DynamicBatcher:
         self._depth.set(len(self._queue))
         return batch
 
-    def _is_small_request(self, x: NDArray[np.float32], sampling: SampleSpec | None, max_modes: int | None) -> bool:
-        return x.shape[0] <= self.config.inline_rows and sampling is None and max_modes is None
-
     def _is_small(self, batch: list[_Request]) -> bool:
         """Plain mixture parameters for a few rows: microseconds of ONNX Runtime, no mixture math."""
         rows = sum(r.x.shape[0] for r in batch)
         return rows <= self.config.inline_rows and all(r.sampling is None and r.max_modes is None for r in batch)
 
-    def _finish(self, batch: list[_Request]) -> None:
-        """Compute a small batch right here on the event loop."""
-        try:
-            self._deliver(batch, self._compute(batch), None)
-        except Exception as exc:
-            self._deliver(batch, None, exc)
-        finally:
-            self._slots.release()
-
-    async def _execute(self, batch: list[_Request]) -> None:
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._compute, batch)
-        except Exception as exc:
-            self._deliver(batch, None, exc)
-        else:
-            self._deliver(batch, results, None)
-        finally:
-            self._slots.release()
-
     @staticmethod
-    def _deliver(batch: list[_Request], results: list[Outputs] | None, error: Exception | None) -> None:
+    def _deliver(batch: list[_Request], results: list[Outputs] | None, error: BaseException | None) -> None:
         for i, request in enumerate(batch):
             if request.future.done():
                 continue
@@ -270,23 +265,21 @@ class DynamicBatcher:
         self._inferences.inc(len(batch))
         self._batch_rows.observe(x.shape[0])
 
-        bounds = np.cumsum([0] + [r.x.shape[0] for r in batch])
+        bounds = [0, *itertools.accumulate(r.x.shape[0] for r in batch)]
+        w, m, s = mix.weights, mix.means, mix.scales
+        if all(r.sampling is None and r.max_modes is None for r in batch):  # plain mixture parameters
+            return [Outputs(Mixture(w[a:b], m[a:b], s[a:b]), None, None) for a, b in itertools.pairwise(bounds)]
         done = time.perf_counter()
         samples = self._samples(batch, bounds, mix)
         modes = self._modes(batch, bounds, mix)
-        if samples or modes:
-            self._postprocess_seconds.observe(time.perf_counter() - done)
+        self._postprocess_seconds.observe(time.perf_counter() - done)
         return [
-            Outputs(
-                Mixture(mix.weights[a:b], mix.means[a:b], mix.scales[a:b]),
-                samples.get(i),
-                modes.get(i),
-            )
+            Outputs(Mixture(w[a:b], m[a:b], s[a:b]), samples.get(i), modes.get(i))
             for i, (a, b) in enumerate(itertools.pairwise(bounds))
         ]
 
     @staticmethod
-    def _samples(batch: Sequence[_Work], bounds: NDArray[np.intp], mix: Mixture) -> dict[int, NDArray[np.float32]]:
+    def _samples(batch: Sequence[_Work], bounds: list[int], mix: Mixture) -> dict[int, NDArray[np.float32]]:
         """Sample every request that asked, vectorised over requests that share (N, temperature)."""
         groups: dict[tuple[int, float], list[int]] = collections.defaultdict(list)
         for i, r in enumerate(batch):
@@ -312,7 +305,7 @@ class DynamicBatcher:
         return out
 
     @staticmethod
-    def _modes(batch: Sequence[_Work], bounds: NDArray[np.intp], mix: Mixture) -> dict[int, Modes]:
+    def _modes(batch: Sequence[_Work], bounds: list[int], mix: Mixture) -> dict[int, Modes]:
         """One mode search over the rows of every request that asked, then split."""
         members = [i for i, r in enumerate(batch) if r.max_modes is not None]
         if not members:
