@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mdn_serve.batching import BatchingConfig, DynamicBatcher, SampleSpec
 from mdn_serve.client import MdnClient
-from mdn_serve.errors import DeadlineExpired, QueueFull
+from mdn_serve.errors import DeadlineExpired, InvalidInput, QueueFull
 from mdn_serve.eventloop import ServingEventLoop
 from mdn_serve.metrics import Metrics
 from mdn_serve.mixture import mixture_modes, sample_mixture
@@ -204,6 +204,26 @@ def test_with_no_delay_everything_already_waiting_shares_a_batch(runtime):
         runner.run(run())
     assert value(metrics, "mdn_inferences_total") == 7
     assert value(metrics, "mdn_executions_total") == 2
+    executor.shutdown()
+
+
+def test_a_request_with_nan_inputs_fails_alone_and_its_batch_is_still_computed(runtime):
+    executor = ThreadPoolExecutor(1)
+    batcher, metrics = make(runtime, executor)
+    good = np.full((2, 2), 0.6, np.float32)
+    bad = np.array([[0.5, 0.5], [0.4, np.inf]], np.float32)
+
+    async def run():
+        return await asyncio.gather(
+            batcher.submit(good), batcher.submit(bad), batcher.submit(good), return_exceptions=True
+        )
+
+    first, failed, last = asyncio.run(run())
+    assert isinstance(failed, InvalidInput)
+    assert str(failed) == "inputs contain NaN or infinite values (first at row 1, column 1)"
+    np.testing.assert_allclose(first.mixture.means, runtime.run(good).means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last.mixture.means, first.mixture.means)
+    assert value(metrics, "mdn_executions_total") == 1 and value(metrics, "mdn_inferences_total") == 2
     executor.shutdown()
 
 

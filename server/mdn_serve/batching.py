@@ -4,8 +4,11 @@ Triton's semantics: a batch is sent as soon as a compute slot is free, with what
 queued (up to max_batch_rows); with a max_queue_delay > 0 a lone request waits that long for
 company. With the default delay of 0 nobody waits for requests still to come, but requests
 that already reached the server and are still on their way through the event loop are
-waiting too: the batch leaves when the loop has handled them (see mdn_serve.eventloop). The queue is bounded and a request that does not fit is rejected at once. Requests
-whose deadline passed or whose caller went away are dropped before compute.
+waiting too: the batch leaves when the loop has handled them (see mdn_serve.eventloop).
+
+The queue is bounded and a request that does not fit is rejected at once. Requests whose
+deadline passed or whose caller went away are dropped before compute, and so are requests
+with NaN or infinite inputs (INVALID_ARGUMENT), found with one check per batch.
 
 Answers do not depend on batching: every row is computed independently, and each request
 draws its samples from its own generator, so a seeded request gets the same samples alone
@@ -22,15 +25,18 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_serve.errors import DeadlineExpired, QueueFull, Unavailable
+from mdn_serve.errors import DeadlineExpired, InvalidInput, QueueFull, Unavailable
 from mdn_serve.eventloop import call_when_idle
 from mdn_serve.metrics import Metrics
 from mdn_serve.mixture import Modes, mixture_modes, sample_draws, samples_from_draws
 from mdn_serve.runtime import Mixture, ModelRuntime
+
+_NO_ROWS = np.zeros((0, 0), np.float32)
 
 # After a queue delay gathered no company, partial batches leave at once for this long.
 LONELY_BACKOFF_SECONDS = 0.25
@@ -47,8 +53,7 @@ class SampleSpec:
         return 1.0 if self.temperature == 0 else float(self.temperature)
 
 
-@dataclass(frozen=True)
-class Outputs:
+class Outputs(NamedTuple):  # a tuple: built for every request, so it must be cheap
     mixture: Mixture
     samples: NDArray[np.float32] | None  # (B, N, D) when sampling was asked for
     modes: Modes | None  # when modes were asked for
@@ -64,14 +69,14 @@ class BatchingConfig:
     inline_rows: int = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class _Work:
     x: NDArray[np.float32]
     sampling: SampleSpec | None
     max_modes: int | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request(_Work):
     future: asyncio.Future[Outputs]
     enqueued: float
@@ -124,7 +129,6 @@ class DynamicBatcher:
         future: asyncio.Future[Outputs] = loop.create_future()
         self._queue.append(_Request(x, sampling, max_modes, future, time.monotonic(), deadline))
         self._queued_rows += x.shape[0]
-        self._depth.set(len(self._queue))
         self._schedule(loop)
         try:
             return await future
@@ -142,8 +146,11 @@ class DynamicBatcher:
         handled every request that already reached the server (see mdn_serve.eventloop). With
         a delay, the oldest request waits up to that long for company.
         """
-        if not self._queue or self._flush_scheduled or len(self._computing) >= self.config.max_concurrent_batches:
-            return  # nothing to do, already planned, or a finishing batch calls again
+        if not self._queue or self._flush_scheduled:
+            return  # nothing to do, or already planned
+        if len(self._computing) >= self.config.max_concurrent_batches:
+            self._depth.set(len(self._queue))  # they wait: a finishing batch calls again
+            return
         delay = self.config.max_queue_delay
         if delay > 0 and self._queued_rows < self.config.max_batch_rows and time.monotonic() >= self._lonely_until:
             wait = self._queue[0].enqueued + delay - time.monotonic()
@@ -151,6 +158,7 @@ class DynamicBatcher:
                 if self._timer is None:
                     self._queued_when_armed = len(self._queue)
                     self._timer = loop.call_later(wait, self._on_delay_over, loop)
+                self._depth.set(len(self._queue))
                 return
         if self._timer is not None:
             self._timer.cancel()
@@ -171,17 +179,19 @@ class DynamicBatcher:
         self._flush_scheduled = False
         loop = asyncio.get_running_loop()
         while self._queue and len(self._computing) < self.config.max_concurrent_batches:
-            batch = self._take_batch()
+            batch, x = self._finite(self._take_batch())
             if not batch:
                 continue
-            if self._is_small(batch):
-                # Microseconds of ONNX Runtime: a thread hand-off would cost more than the work.
+            plain = all(r.sampling is None and r.max_modes is None for r in batch)
+            if plain and x.shape[0] <= self.config.inline_rows:
+                # Mixture parameters for a few rows: microseconds of ONNX Runtime and no mixture
+                # math, so a thread hand-off would cost more than the work.
                 try:
-                    self._deliver(batch, self._compute(batch), None)
+                    self._deliver(batch, self._compute(batch, x, plain), None)
                 except Exception as exc:
                     self._deliver(batch, None, exc)
                 continue
-            running = loop.run_in_executor(self.executor, self._compute, batch)
+            running = loop.run_in_executor(self.executor, self._compute, batch, x, plain)
             self._computing.add(running)
             running.add_done_callback(functools.partial(self._computed, batch))
 
@@ -214,6 +224,29 @@ class DynamicBatcher:
         self._queued_rows = 0
         await asyncio.sleep(0)  # let the cancelled batches' callbacks answer their callers
 
+    @staticmethod
+    def _finite(batch: list[_Request]) -> tuple[list[_Request], NDArray[np.float32]]:
+        """The batch's inputs stacked, after failing the requests with NaN or infinite values.
+
+        One check for the whole batch; only a batch that fails it is looked at request by request.
+        """
+        if not batch:
+            return batch, _NO_ROWS
+        x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
+        if np.isfinite(x).all():
+            return batch, x
+        kept = []
+        for request in batch:
+            finite = np.isfinite(request.x)
+            if finite.all():
+                kept.append(request)
+            else:
+                row, col = np.argwhere(~finite)[0]
+                request.future.set_exception(
+                    InvalidInput(f"inputs contain NaN or infinite values (first at row {row}, column {col})")
+                )
+        return DynamicBatcher._finite(kept)
+
     def _take_batch(self) -> list[_Request]:
         """Pop requests up to max_batch_rows (at least one), dropping the ones nobody waits for."""
         batch: list[_Request] = []
@@ -239,11 +272,6 @@ class DynamicBatcher:
         self._depth.set(len(self._queue))
         return batch
 
-    def _is_small(self, batch: list[_Request]) -> bool:
-        """Plain mixture parameters for a few rows: microseconds of ONNX Runtime, no mixture math."""
-        rows = sum(r.x.shape[0] for r in batch)
-        return rows <= self.config.inline_rows and all(r.sampling is None and r.max_modes is None for r in batch)
-
     @staticmethod
     def _deliver(batch: list[_Request], results: list[Outputs] | None, error: BaseException | None) -> None:
         for i, request in enumerate(batch):
@@ -255,9 +283,11 @@ class DynamicBatcher:
                 assert error is not None
                 request.future.set_exception(error)
 
-    def _compute(self, batch: Sequence[_Work]) -> list[Outputs]:
-        """One ONNX Runtime call for the whole batch, then samples and modes, split per request."""
-        x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
+    def _compute(self, batch: Sequence[_Work], x: NDArray[np.float32], plain: bool) -> list[Outputs]:
+        """One ONNX Runtime call for x, the batch's inputs stacked, then samples and modes, split per request.
+
+        plain: no request asks for samples or modes.
+        """
         start = time.perf_counter()
         mix = self.runtime.run(x)
         self._compute_seconds.observe(time.perf_counter() - start)
@@ -265,9 +295,11 @@ class DynamicBatcher:
         self._inferences.inc(len(batch))
         self._batch_rows.observe(x.shape[0])
 
+        if plain and len(batch) == 1:
+            return [Outputs(mix, None, None)]
         bounds = [0, *itertools.accumulate(r.x.shape[0] for r in batch)]
-        w, m, s = mix.weights, mix.means, mix.scales
-        if all(r.sampling is None and r.max_modes is None for r in batch):  # plain mixture parameters
+        w, m, s = mix
+        if plain:
             return [Outputs(Mixture(w[a:b], m[a:b], s[a:b]), None, None) for a, b in itertools.pairwise(bounds)]
         done = time.perf_counter()
         samples = self._samples(batch, bounds, mix)

@@ -45,10 +45,19 @@ def decode_tensor(tensor: pb.Tensor, field: str, max_elements: int) -> tuple[NDA
 
 def encode_tensor(array: NDArray[np.floating], raw: bool) -> pb.Tensor:
     """float32 tensor message, raw little-endian bytes or repeated values."""
+    tensor = pb.Tensor()
+    write_tensor(tensor, array, raw)
+    return tensor
+
+
+def write_tensor(dest: pb.Tensor, array: NDArray[np.floating], raw: bool) -> None:
+    """Fill an empty tensor field of a message in place (cheaper than building one and copying it in)."""
     data = np.ascontiguousarray(array, dtype=_LE_FLOAT32)
+    dest.shape.extend(data.shape)
     if raw:
-        return pb.Tensor(shape=data.shape, raw=data.tobytes())
-    return pb.Tensor(shape=data.shape, values=data.ravel().tolist())
+        dest.raw = data.tobytes()
+    else:
+        dest.values.extend(data.ravel().tolist())
 
 
 def require_inputs(present: bool, field: str = "inputs", what: str = "[batch, input_dim] tensor") -> None:

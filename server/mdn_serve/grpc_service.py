@@ -7,7 +7,7 @@ import numpy as np
 
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
-from mdn_serve.codec import decode_tensor, encode_tensor, require_inputs
+from mdn_serve.codec import decode_tensor, encode_tensor, require_inputs, write_tensor
 from mdn_serve.dataplane import Dataplane, SampleSpec
 from mdn_serve.rpc import deadline_of, handler
 from mdn_serve.runtime import ModelRuntime
@@ -40,14 +40,18 @@ class MdnServicer(pb_grpc.MixtureDensityServiceServicer):
     def __init__(self, dataplane: Dataplane, max_elements: int) -> None:
         self.dataplane = dataplane
         self.max_elements = max_elements
+        self._refs: dict[tuple[str, str], pb.ModelRef] = {}
 
     def _inputs(self, request: pb.PredictRequest | pb.SampleRequest | pb.ModesRequest) -> tuple[np.ndarray, bool]:
         require_inputs(request.HasField("inputs"))
         return decode_tensor(request.inputs, "inputs", self.max_elements)
 
-    @staticmethod
-    def _ref(runtime: ModelRuntime) -> pb.ModelRef:
-        return pb.ModelRef(name=runtime.name, version=runtime.version)
+    def _ref(self, runtime: ModelRuntime) -> pb.ModelRef:
+        key = (runtime.name, runtime.version)
+        ref = self._refs.get(key)
+        if ref is None:
+            ref = self._refs[key] = pb.ModelRef(name=runtime.name, version=runtime.version)
+        return ref
 
     @handler(PROTOCOL, "ListModels", _model_of)
     async def ListModels(
@@ -70,12 +74,11 @@ class MdnServicer(pb_grpc.MixtureDensityServiceServicer):
             "Predict", request.model.name, request.model.version, x, deadline=deadline_of(context)
         )
         mix = out.mixture
-        return pb.PredictResponse(
-            model=self._ref(runtime),
-            weights=encode_tensor(mix.weights, raw),
-            means=encode_tensor(mix.means, raw),
-            scales=encode_tensor(mix.scales, raw),
-        )
+        response = pb.PredictResponse(model=self._ref(runtime))
+        write_tensor(response.weights, mix.weights, raw)
+        write_tensor(response.means, mix.means, raw)
+        write_tensor(response.scales, mix.scales, raw)
+        return response
 
     @handler(PROTOCOL, "Sample", _model_of)
     async def Sample(self, request: pb.SampleRequest, context: grpc.aio.ServicerContext) -> pb.SampleResponse:
@@ -86,7 +89,9 @@ class MdnServicer(pb_grpc.MixtureDensityServiceServicer):
             "Sample", request.model.name, request.model.version, x, sampling=spec, deadline=deadline_of(context)
         )
         assert out.samples is not None
-        return pb.SampleResponse(model=self._ref(runtime), samples=encode_tensor(out.samples, raw))
+        response = pb.SampleResponse(model=self._ref(runtime))
+        write_tensor(response.samples, out.samples, raw)
+        return response
 
     @handler(PROTOCOL, "Modes", _model_of)
     async def Modes(self, request: pb.ModesRequest, context: grpc.aio.ServicerContext) -> pb.ModesResponse:
@@ -101,13 +106,11 @@ class MdnServicer(pb_grpc.MixtureDensityServiceServicer):
         )
         modes = out.modes
         assert modes is not None
-        return pb.ModesResponse(
-            model=self._ref(runtime),
-            modes=encode_tensor(modes.modes, raw),
-            log_density=encode_tensor(modes.log_density, raw),
-            mass=encode_tensor(modes.mass, raw),
-            num_modes=modes.num_modes.tolist(),
-        )
+        response = pb.ModesResponse(model=self._ref(runtime), num_modes=modes.num_modes.tolist())
+        write_tensor(response.modes, modes.modes, raw)
+        write_tensor(response.log_density, modes.log_density, raw)
+        write_tensor(response.mass, modes.mass, raw)
+        return response
 
 
 IK_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InverseKinematicsService"].full_name

@@ -23,6 +23,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any, Any]] = {}
         r = self.registry
         self.request_seconds = Histogram(
             "mdn_request_duration_seconds",
@@ -96,6 +97,16 @@ class Metrics:
             "mdn_model_info", "1 for each loaded model version, labelled with the execution provider.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+
+    def request_children(self, protocol: str, method: str, model: str, code: str) -> tuple[Any, Any, Any]:
+        """(latency histogram, request counter, error counter or None for OK) of one request's labels."""
+        key = (protocol, method, model, code)
+        found = self._request_children.get(key)
+        if found is None:
+            errors = None if code == "OK" else self.errors.labels(*key)
+            seconds, count = self.request_seconds.labels(*key), self.requests.labels(*key)
+            found = self._request_children[key] = (seconds, count, errors)
+        return found
 
     def child(self, metric: M, *labels: str) -> M:
         """metric.labels(*labels), cached: the request path asks for the same few children all the time."""

@@ -61,6 +61,8 @@ class ModelRepository:
 
     def __init__(self, models: dict[str, ModelEntry]) -> None:
         self.models = models
+        # Asked for on every request that names no version: looked up once, not sorted each time.
+        self._latest = {name: entry.latest for name, entry in models.items()}
 
     @classmethod
     def load(
@@ -130,6 +132,8 @@ class ModelRepository:
     def get(self, name: str, version: str = "") -> ModelRuntime:
         if not name:
             raise ModelNotFound(f"no model name given; models: {', '.join(sorted(self.models))}")
+        if not version and (latest := self._latest.get(name)) is not None:
+            return latest
         entry = self.models.get(name)
         if entry is None:
             raise ModelNotFound(f"unknown model {name!r}; models: {', '.join(sorted(self.models))}")

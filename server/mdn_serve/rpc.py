@@ -97,11 +97,11 @@ def handler(
                 await context.abort(code, "internal error; the server log has the details")
             finally:
                 in_flight.dec()
-                labels = (protocol, method, model, code.name)
-                metrics.child(metrics.request_seconds, *labels).observe(time.perf_counter() - start)
-                metrics.child(metrics.requests, *labels).inc()
-                if code != grpc.StatusCode.OK:
-                    metrics.child(metrics.errors, *labels).inc()
+                seconds, count, errors = metrics.request_children(protocol, method, model, code.name)
+                seconds.observe(time.perf_counter() - start)
+                count.inc()
+                if errors is not None:
+                    errors.inc()
             raise AssertionError("unreachable: abort raises")
 
         return wrapped

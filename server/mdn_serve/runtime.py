@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -44,8 +44,7 @@ def choose_providers(device: str) -> list[str]:
     raise ValueError(f"unknown device {device!r}")
 
 
-@dataclass(frozen=True)
-class Mixture:
+class Mixture(NamedTuple):  # a tuple: built for every request, so it must be cheap
     weights: NDArray[np.float32]  # (B, K)
     means: NDArray[np.float32]  # (B, K, D)
     scales: NDArray[np.float32]  # (B, K, D)
