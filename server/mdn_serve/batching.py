@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from mdn_serve.errors import DeadlineExpired, InvalidInput, QueueFull, Unavailable
 from mdn_serve.eventloop import call_when_idle
-from mdn_serve.metrics import Metrics
+from mdn_serve.metrics import Metrics, fast_inc, fast_observe
 from mdn_serve.mixture import Modes, mixture_modes, sample_draws, samples_from_draws
 from mdn_serve.runtime import Mixture, ModelRuntime
 
@@ -104,11 +104,11 @@ class DynamicBatcher:
         self._lonely_until = 0.0  # until then, partial batches do not wait (see _on_delay_over)
         labels = (runtime.name, runtime.version)
         self._depth = metrics.queue_depth.labels(*labels)
-        self._queue_seconds = metrics.queue_seconds.labels(*labels)
-        self._batch_rows = metrics.batch_rows.labels(*labels)
-        self._executions = metrics.executions.labels(*labels)
-        self._inferences = metrics.inferences.labels(*labels)
-        self._compute_seconds = metrics.compute_seconds.labels(*labels)
+        self._queue_seconds = fast_observe(metrics.queue_seconds.labels(*labels))
+        self._batch_rows = fast_observe(metrics.batch_rows.labels(*labels))
+        self._executions = fast_inc(metrics.executions.labels(*labels))
+        self._inferences = fast_inc(metrics.inferences.labels(*labels))
+        self._compute_seconds = fast_observe(metrics.compute_seconds.labels(*labels))
         self._postprocess_seconds = metrics.postprocess_seconds.labels(*labels)
 
     async def submit(
@@ -266,7 +266,7 @@ class DynamicBatcher:
                 self._reject("deadline")
                 request.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
                 continue
-            self._queue_seconds.observe(now - request.enqueued)
+            self._queue_seconds(now - request.enqueued)
             batch.append(request)
             rows += n
         self._depth.set(len(self._queue))
@@ -290,10 +290,10 @@ class DynamicBatcher:
         """
         start = time.perf_counter()
         mix = self.runtime.run(x)
-        self._compute_seconds.observe(time.perf_counter() - start)
-        self._executions.inc()
-        self._inferences.inc(len(batch))
-        self._batch_rows.observe(x.shape[0])
+        self._compute_seconds(time.perf_counter() - start)
+        self._executions(1)
+        self._inferences(len(batch))
+        self._batch_rows(x.shape[0])
 
         if plain and len(batch) == 1:
             return [Outputs(mix, None, None)]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 M = TypeVar("M", Counter, Gauge, Histogram)
+RequestRecorders = tuple[Callable[[float], None], Callable[[float], None], Callable[[float], None] | None]
 
 # From 50 us to 30 s, about 4 buckets per factor of 2.5: fine enough to read p50/p99 of
 # sub-millisecond requests and still cover slow mode searches on big batches.
@@ -19,11 +22,39 @@ LATENCY_BUCKETS = (
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 
 
+def fast_observe(child: Histogram) -> Callable[[float], None]:
+    """child.observe without prometheus_client's per-call checks and linear bucket scan.
+
+    The request path observes several histograms per request. This keeps the same two
+    values up to date (the first bucket whose bound is >= the amount, and the sum) with one
+    bisect; they are the values prometheus_client exposes, whether it keeps them in memory
+    or in multi-process files. Falls back to child.observe if the client's layout changes.
+    """
+    try:
+        bounds, buckets, total = child._upper_bounds, child._buckets, child._sum
+    except AttributeError:
+        return child.observe
+
+    def observe(amount: float) -> None:
+        buckets[bisect_left(bounds, amount)].inc(1)
+        total.inc(amount)
+
+    return observe
+
+
+def fast_inc(child: Counter | Gauge) -> Callable[[float], None]:
+    """child.inc (a negative amount decrements a gauge) without prometheus_client's per-call checks."""
+    value = getattr(child, "_value", None)
+    return child.inc if value is None else value.inc
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any, Any]] = {}
+        self._request_recorders: dict[tuple[str, str, str, str], RequestRecorders] = {}
+        self._in_flight_recorders: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._rows_recorders: dict[tuple[str, str], Callable[[float], None]] = {}
         r = self.registry
         self.request_seconds = Histogram(
             "mdn_request_duration_seconds",
@@ -98,14 +129,30 @@ class Metrics:
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
-    def request_children(self, protocol: str, method: str, model: str, code: str) -> tuple[Any, Any, Any]:
-        """(latency histogram, request counter, error counter or None for OK) of one request's labels."""
+    def request_recorders(self, protocol: str, method: str, model: str, code: str) -> RequestRecorders:
+        """(observe latency, count the request, count the error or None for OK) for one request's labels."""
         key = (protocol, method, model, code)
-        found = self._request_children.get(key)
+        found = self._request_recorders.get(key)
         if found is None:
-            errors = None if code == "OK" else self.errors.labels(*key)
-            seconds, count = self.request_seconds.labels(*key), self.requests.labels(*key)
-            found = self._request_children[key] = (seconds, count, errors)
+            errors = None if code == "OK" else fast_inc(self.errors.labels(*key))
+            observe, count = fast_observe(self.request_seconds.labels(*key)), fast_inc(self.requests.labels(*key))
+            found = self._request_recorders[key] = (observe, count, errors)
+        return found
+
+    def in_flight_recorder(self, protocol: str, method: str) -> Callable[[float], None]:
+        """inc(+1) / inc(-1) of the in-flight gauge of one protocol and method."""
+        key = (protocol, method)
+        found = self._in_flight_recorders.get(key)
+        if found is None:
+            found = self._in_flight_recorders[key] = fast_inc(self.in_flight.labels(*key))
+        return found
+
+    def rows_recorder(self, method: str, model: str) -> Callable[[float], None]:
+        """observe() of the rows-per-request histogram of one method and model."""
+        key = (method, model)
+        found = self._rows_recorders.get(key)
+        if found is None:
+            found = self._rows_recorders[key] = fast_observe(self.rows.labels(*key))
         return found
 
     def child(self, metric: M, *labels: str) -> M:

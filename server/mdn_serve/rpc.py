@@ -79,8 +79,8 @@ def handler(
                 model = "unknown"  # keep label cardinality bounded whatever clients send
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            in_flight = metrics.child(metrics.in_flight, protocol, method)
-            in_flight.inc()
+            in_flight = metrics.in_flight_recorder(protocol, method)
+            in_flight(1)
             try:
                 if not dataplane.accepting:
                     raise Unavailable("the server is shutting down; retry on another replica")
@@ -96,12 +96,12 @@ def handler(
                 log.exception("%s %s failed", protocol, method)
                 await context.abort(code, "internal error; the server log has the details")
             finally:
-                in_flight.dec()
-                seconds, count, errors = metrics.request_children(protocol, method, model, code.name)
-                seconds.observe(time.perf_counter() - start)
-                count.inc()
+                in_flight(-1)
+                observe, count, errors = metrics.request_recorders(protocol, method, model, code.name)
+                observe(time.perf_counter() - start)
+                count(1)
                 if errors is not None:
-                    errors.inc()
+                    errors(1)
             raise AssertionError("unreachable: abort raises")
 
         return wrapped
