@@ -145,6 +145,10 @@ class Modes:
         )
 
 
+_FEW_STARTS = 64
+_STEPS_PER_GATHER = 8
+
+
 def _fixed_point(
     log_w: FloatArray, means: FloatArray, precisions: FloatArray, max_iter: int, tol: FloatArray
 ) -> FloatArray:
@@ -162,19 +166,22 @@ def _fixed_point(
     row = np.repeat(np.arange(batch), k)
     tol_flat = np.broadcast_to(tol, (batch, k, dim)).reshape(batch * k, dim)
     active = np.arange(batch * k)
-    for _ in range(max_iter):
+    steps = 0
+    while active.size and steps < max_iter:
         b = row[active]
-        xa = x[active]  # (P, D)
-        diff = xa[:, None, :] - means[b]  # (P, K, D)
-        log_r = log_norm[b] - 0.5 * np.einsum("pkd,pkd->pk", diff * diff, precisions[b])
-        log_r -= np.max(log_r, axis=-1, keepdims=True)
-        r = np.exp(log_r)  # unnormalised responsibilities: the ratio below cancels the sum
-        new_x = np.einsum("pk,pkd->pd", r, weighted_means[b]) / np.einsum("pk,pkd->pd", r, precisions[b])
-        moving = np.max(np.abs(new_x - xa) / tol_flat[active], axis=-1) > 1.0
-        x[active] = new_x
-        active = active[moving]
-        if active.size == 0:
-            break
+        xa, mb, pb, wb, nb = x[active], means[b], precisions[b], weighted_means[b], log_norm[b]
+        # Once few starts are left (the slow ones, on flat overlapping components), take
+        # several steps per gather: numpy's per-call cost, not arithmetic, is what they spend.
+        for _ in range(1 if active.size > _FEW_STARTS else _STEPS_PER_GATHER):
+            previous = xa
+            diff = xa[:, None, :] - mb  # (P, K, D)
+            log_r = nb - 0.5 * np.einsum("pkd,pkd->pk", diff * diff, pb)
+            log_r -= np.max(log_r, axis=-1, keepdims=True)
+            r = np.exp(log_r)  # unnormalised responsibilities: the ratio below cancels the sum
+            xa = np.einsum("pk,pkd->pd", r, wb) / np.einsum("pk,pkd->pd", r, pb)
+            steps += 1
+        x[active] = xa
+        active = active[np.max(np.abs(xa - previous) / tol_flat[active], axis=-1) > 1.0]
     out: FloatArray = x.reshape(batch, k, dim)
     return out
 
@@ -186,21 +193,25 @@ def _density_and_peak(
 
     A point where the Hessian is not negative definite is a saddle (or a flat spot), not a mode.
     """
-    scales = 1.0 / np.sqrt(precisions)
-    log_joint = _component_log_density(x, means, scales) + log_w[:, None, :]  # (B, S, K)
+    dim = x.shape[-1]
+    diff = x[:, :, None, :] - means[:, None, :, :]  # (B, S, K, D)
+    grad = -diff * precisions[:, None, :, :]  # gradient of log N_k at each point
+    log_norm = 0.5 * np.sum(np.log(precisions), axis=-1) - 0.5 * dim * _LOG_2PI + log_w  # (B, K)
+    log_joint = log_norm[:, None, :] + 0.5 * np.sum(diff * grad, axis=-1)  # (B, S, K): log w_k N_k
     log_p = _logsumexp(log_joint, axis=-1)
     r = np.exp(log_joint - log_p[:, :, None])  # responsibilities
-    grad = -(x[:, :, None, :] - means[:, None, :, :]) * precisions[:, None, :, :]  # (B, S, K, D)
-    outer = np.einsum("bsk,bskd,bske->bsde", r, grad, grad)
+    weighted = r[..., None] * grad  # (B, S, K, D)
     diag = np.einsum("bsk,bkd->bsd", r, precisions)
-    dim = x.shape[-1]
-    hessian = outer - diag[..., None] * np.eye(dim)  # H / p(x)
+    # H / p = sum_k r_k (g_k g_k^T - diag(1 / s_k^2)), g_k the gradient of log N_k
     if dim == 1:
-        peak = hessian[..., 0, 0] < 0.0
+        peak = np.sum(weighted[..., 0] * grad[..., 0], axis=-1) - diag[..., 0] < 0.0
     elif dim == 2:  # a symmetric 2x2 matrix is negative definite iff its trace < 0 and det > 0
-        a, b, d = hessian[..., 0, 0], hessian[..., 0, 1], hessian[..., 1, 1]
+        a = np.sum(weighted[..., 0] * grad[..., 0], axis=-1) - diag[..., 0]
+        b = np.sum(weighted[..., 0] * grad[..., 1], axis=-1)
+        d = np.sum(weighted[..., 1] * grad[..., 1], axis=-1) - diag[..., 1]
         peak = (a + d < 0.0) & (a * d - b * b > 0.0)
     else:
+        hessian = np.einsum("bskd,bske->bsde", weighted, grad) - diag[..., None] * np.eye(dim)
         peak = np.all(np.linalg.eigvalsh(hessian) < 0.0, axis=-1)
     return log_p, peak
 
@@ -246,8 +257,7 @@ def mixture_modes(
     for _ in range(max(1, int(np.ceil(np.log2(k))) + 1)):
         parent = parent[rows, parent]
     is_rep = parent == np.arange(k)[None, :]
-    mass = np.zeros((batch, k))
-    np.add.at(mass, (np.broadcast_to(rows, parent.shape), parent), w)
+    mass = np.einsum("bs,bsj->bj", w, parent[:, :, None] == np.arange(k))  # summed weight per representative
 
     dens, peak = _density_and_peak(log_w, mu, precisions, x)  # (B, S) each
     keep = is_rep & peak & (mass >= min_mass)
