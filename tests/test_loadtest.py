@@ -48,12 +48,17 @@ def test_loadtest_rejects_unbounded_or_bad_runs(capsys):
 
 
 def test_bench_smoke_writes_its_report(trained, tmp_path):
-    code = bench.main(["--models", str(trained["models"]), "--out", str(tmp_path), "--quick", "--seconds", "0.3"])
-    assert code == 0
+    args = ["--models", str(trained["models"]), "--out", str(tmp_path), "--quick", "--seconds", "0.3", "--repeats", "2"]
+    assert bench.main(args) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert len(report["results"]) == 3 and all(e["ours"]["requests"] > 0 for e in report["results"])
-    assert all(e["noop"]["requests"] > 0 for e in report["results"])
-    assert {t["target"].split(":")[0] for t in report["targets"]} >= {"start to SERVING, seconds"}
+    entries = report["results"] + report["tuned_results"]
+    assert len(report["results"]) == 3 and len(report["tuned_results"]) == 2
+    assert all(e["ours"]["requests"] > 0 and e["noop"]["requests"] > 0 for e in entries)
+    assert [len(e["repeat_ratios"]) for e in entries] == [2, 1, 1, 2, 1]
+    assert "--max-queue-delay-ms" in report["tuned_server_args"]
+    names = [t["target"] for t in report["targets"]]
+    assert sum(name.startswith("Predict batch 1, 32 clients") for name in names) == 2
+    assert "start to SERVING, seconds" in names
     assert report["rss_mb_after_start"] > 10 and report["start_to_serving_seconds"] > 0
     assert "| target | value | bound | met |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "latency_vs_throughput.png").stat().st_size > 5000
