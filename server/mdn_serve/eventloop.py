@@ -14,6 +14,7 @@ On any other event loop `call_when_idle` falls back to `call_soon`.
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 import time
 from collections.abc import Callable, Mapping
@@ -25,9 +26,9 @@ MAX_IDLE_WAIT_SECONDS = 0.001
 
 class _IdleSelector(selectors.BaseSelector):
     """Wraps the platform selector. When the loop is about to block and callbacks wait for
-    idleness, it polls once without blocking: events go back to the loop as usual, and only
-    when there are none (or the oldest callback has waited long enough) are the callbacks
-    handed to the loop, which runs them in the same iteration."""
+    idleness, it polls without blocking: events go back to the loop as usual, and only when
+    there are none (or the oldest callback has waited long enough) are the callbacks handed
+    to the loop, which runs them in the same iteration."""
 
     def __init__(self, max_idle_wait: float) -> None:
         self._inner = selectors.DefaultSelector()
@@ -49,6 +50,11 @@ class _IdleSelector(selectors.BaseSelector):
                 self._release()
             return self._inner.select(timeout)
         events = self._inner.select(0)
+        if not events and hasattr(os, "sched_yield"):
+            # gRPC hands requests over from its own threads: one that is runnable but waiting
+            # for this CPU may be holding requests that already arrived. Let it run, look again.
+            os.sched_yield()
+            events = self._inner.select(0)
         if not events or time.monotonic() >= self._due:
             self._release()
         return events
