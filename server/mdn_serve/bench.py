@@ -54,6 +54,50 @@ def default_points() -> list[Point]:
     return points
 
 
+# ---------------------------------------------------------------- where things run
+
+
+@dataclass(frozen=True)
+class Placement:
+    """CPUs for the servers and for the load generator; None where the OS cannot pin."""
+
+    server: frozenset[int] | None = None
+    client: frozenset[int] | None = None
+
+    @staticmethod
+    def split() -> Placement:
+        """Servers on the first half of this process's CPUs, the load generator on the rest.
+
+        Left to the scheduler, a server and the load generator on a small machine end up
+        sharing a core at random moments, and the ratios swing with it; in production the
+        clients are elsewhere anyway. Both servers get the same CPUs.
+        """
+        if not hasattr(os, "sched_getaffinity"):
+            return Placement()
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return Placement()
+        half = (len(cpus) + 1) // 2
+        return Placement(frozenset(cpus[:half]), frozenset(cpus[half:]))
+
+    def enter_server(self) -> None:
+        if self.server is not None:
+            os.sched_setaffinity(0, self.server)
+
+    def enter_client(self) -> None:
+        if self.client is not None:
+            os.sched_setaffinity(0, self.client)
+
+    def describe(self) -> str:
+        if self.server is None or self.client is None:
+            return "not pinned to CPUs"
+        return f"servers on CPU {_cpus(self.server)}, load generator on CPU {_cpus(self.client)}"
+
+
+def _cpus(cpus: frozenset[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
 # ---------------------------------------------------------------- compute ceiling
 
 
@@ -80,8 +124,9 @@ def onnx_ceiling(model_path: Path, batches: list[int], seconds: float, threads: 
 # ---------------------------------------------------------------- transport ceiling
 
 
-def _serve_noop(responses: dict[tuple[str, int], bytes], port_queue: Any) -> None:
+def _serve_noop(responses: dict[tuple[str, int], bytes], port_queue: Any, placement: Placement) -> None:
     """A gRPC server that does nothing but return the canned response for (method, request size)."""
+    placement.enter_server()  # before gRPC starts its threads: they inherit it
     import grpc
 
     async def main() -> None:
@@ -151,12 +196,13 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def start_server(models: Path, extra: list[str]) -> ServerProcess:
+def start_server(models: Path, extra: list[str], placement: Placement | None = None) -> ServerProcess:
     start = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "mdn_serve.cli", "--model-repository", str(models), "--port", "0",
          "--metrics-port", "-1", "--max-rows", "16384", "--max-batch-rows", "16384", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=None if placement is None else placement.enter_server,
     )  # fmt: skip
     port = 0
     assert process.stdout is not None
@@ -253,6 +299,28 @@ def run_bench(
     server_args: list[str],
     repeats: int = 3,
     tuned_delay_ms: float = 2.0,
+    placement: Placement | None = None,
+) -> dict[str, Any]:
+    """The whole comparison; this process runs the load generator and the in-process ceiling."""
+    placement = placement or Placement()
+    before = os.sched_getaffinity(0) if placement.client is not None else None
+    placement.enter_client()
+    try:
+        return _run_bench(models, model, points, seconds, server_args, repeats, tuned_delay_ms, placement)
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+
+
+def _run_bench(
+    models: Path,
+    model: str,
+    points: list[Point],
+    seconds: float,
+    server_args: list[str],
+    repeats: int,
+    tuned_delay_ms: float,
+    placement: Placement,
 ) -> dict[str, Any]:
     model_path = max((models / model).iterdir(), key=lambda p: int(p.name)) / "model.onnx"
     batches = sorted({p.batch for p in points if p.rpc == "predict"})
@@ -260,7 +328,7 @@ def run_bench(
     ceiling_1 = onnx_ceiling(model_path, batches, min(seconds, 1.0), threads=1)
     ceiling_all = onnx_ceiling(model_path, batches, min(seconds, 1.0), threads=0)
 
-    server = start_server(models, server_args)
+    server = start_server(models, server_args, placement)
     start_seconds, rss_start = server.start_seconds, server.rss_mb()
     results: list[dict[str, Any]] = []
     tuned: list[dict[str, Any]] = []
@@ -271,7 +339,7 @@ def run_bench(
     try:
         responses, info = canned_responses(f"127.0.0.1:{server.port}", model, points)
         queue: Any = context.Queue()
-        noop = context.Process(target=_serve_noop, args=(responses, queue), daemon=True)
+        noop = context.Process(target=_serve_noop, args=(responses, queue, placement), daemon=True)
         noop.start()
         noop_target = f"127.0.0.1:{queue.get(timeout=60)}"
         for point in points:
@@ -282,7 +350,7 @@ def run_bench(
         if tuned_delay_ms > 0 and HEADLINE in points:
             server.stop()
             # The same server with a queue delay: how far batching takes small requests.
-            server = start_server(models, tuned_args)
+            server = start_server(models, tuned_args, placement)
             for point in (HEADLINE, Point("predict", 64, 32)):
                 print(f"{point.label}, --max-queue-delay-ms {tuned_delay_ms:g} ...", flush=True)
                 n = repeats if point == HEADLINE else 1
@@ -304,6 +372,7 @@ def run_bench(
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "onnxruntime": ort.__version__, "device": _device(server_args)},
         "model": model,
+        "placement": placement.describe(),
         "seconds_per_point": seconds,
         "repeats": repeats,
         "server_args": server_args,
@@ -388,7 +457,8 @@ def render(report: dict[str, Any]) -> str:
         f"Model `{report['model']}`, {report['seconds_per_point']:g} s per point after a warm-up, "
         f"{m['cpus']} CPUs, {m['platform']}, Python {m['python']}, ONNX Runtime {m['onnxruntime']}, "
         f"device {m['device']}. Server flags: `{' '.join(report['server_args'])}`. "
-        "Server and load generator share the machine; each point runs our server, then the no-op server "
+        f"Server and load generator share the machine ({report['placement']}); each point runs our server, "
+        "then the no-op server "
         f"right after it. Predict batch 1 with 32 clients is measured {report['repeats']} times (the median "
         "ratio is shown). Latency in ms.",
         "",
@@ -450,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tuned-delay-ms", type=float, default=2.0,
         help="also run Predict with 32 clients on a server with this --max-queue-delay-ms (0: skip)",
     )  # fmt: skip
+    p.add_argument("--no-pin", action="store_true", help="leave the servers and the load generator unpinned")
     p.add_argument("server_args", nargs="*", help="extra mdn-serve flags, after --")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.tuned_delay_ms < 0:
@@ -464,7 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         else default_points()
     )
     server_args = ["--device", args.device, *args.server_args]
-    report = run_bench(args.models, args.model, points, args.seconds, server_args, args.repeats, args.tuned_delay_ms)
+    placement = Placement() if args.no_pin else Placement.split()
+    report = run_bench(
+        args.models, args.model, points, args.seconds, server_args, args.repeats, args.tuned_delay_ms, placement
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     text = render(report)
