@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from mdn_serve import repository as repository_module
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from mdn_serve.app import MdnServer
-from mdn_serve.config import Settings, parse_settings
+from mdn_serve.config import Settings, compute_threads, parse_settings
 from mdn_serve.metrics import Metrics
 from mdn_serve.runtime import ModelRuntime
 
@@ -112,11 +113,25 @@ def test_settings_come_from_flags_over_environment():
     assert parse_settings([], {}) == Settings()
 
 
+def test_compute_threads_default_to_the_cpus_the_process_may_use():
+    assert compute_threads(Settings()) == min(2, len(os.sched_getaffinity(0)))
+    assert compute_threads(Settings(compute_threads=3)) == 3
+    # Pinned to one CPU (as a container limited to one core would be), the server uses one thread.
+    code = "from mdn_serve.config import Settings, compute_threads; print(compute_threads(Settings()))"
+    one_cpu = {min(os.sched_getaffinity(0))}
+    pinned = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, one_cpu),
+    )  # fmt: skip
+    assert pinned.stdout.strip() == "1"
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
         ([], {"MDN_PORT": "eighty"}, "MDN_PORT='eighty' is not a valid int"),
         (["--max-rows", "0"], {}, "--max-rows must be >= 1"),
+        (["--compute-threads", "-1"], {}, "--compute-threads must be >= 0"),
         (["--device", "tpu"], {}, "invalid choice: 'tpu'"),
     ],
 )

@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 from mdn_serve._proto.inference import grpc_service_pb2 as oip_pb2
 from mdn_serve._proto.mdn.v1 import mdn_pb2
 from mdn_serve.batching import BatchingConfig
-from mdn_serve.config import Settings
+from mdn_serve.config import Settings, compute_threads
 from mdn_serve.dataplane import Dataplane, Limits
 from mdn_serve.errors import MdnError
 from mdn_serve.eventloop import ServingEventLoop
@@ -41,15 +41,14 @@ class MdnServer:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        threads = compute_threads(settings)
         batching = BatchingConfig(
             max_batch_rows=settings.max_batch_rows,
             max_queue_delay=settings.max_queue_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
-            max_concurrent_batches=settings.compute_threads,
+            max_concurrent_batches=threads,
         )
-        self.dataplane = Dataplane(
-            self.metrics, Limits(settings.max_rows, settings.max_samples), settings.compute_threads, batching
-        )
+        self.dataplane = Dataplane(self.metrics, Limits(settings.max_rows, settings.max_samples), threads, batching)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None

@@ -12,6 +12,13 @@ from typing import Any
 DEVICES = ("cpu", "cuda", "auto")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Settings:
     model_repository: Path = Path("models")
@@ -24,7 +31,7 @@ class Settings:
     # an intra-op pool spins between the many small calls a server makes.
     intra_op_threads: int = 1
     inter_op_threads: int = 0
-    compute_threads: int = 2  # worker threads that run ONNX Runtime and the mixture math
+    compute_threads: int = 0  # threads running big batches; 0: one per CPU this process may use, at most 2
     max_rows: int = 8192  # rows (B) per request
     max_samples: int = 1_000_000  # B x num_samples per Sample request
     max_message_bytes: int = 64 * 1024 * 1024
@@ -42,6 +49,12 @@ class Settings:
     drain_delay_seconds: float = 0.0  # on SIGTERM: NOT_SERVING, but keep serving this long first
     grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
     log_level: str = "INFO"
+
+
+def compute_threads(settings: Settings) -> int:
+    """--compute-threads, with 0 resolved: on one CPU a second thread buys no parallelism, only
+    two big batches thrashing the same core."""
+    return settings.compute_threads or min(2, usable_cpus())
 
 
 def _env_default(env: Mapping[str, str], name: str, fallback: object) -> object:
@@ -73,7 +86,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--device", str, "ONNX Runtime device", choices=DEVICES)
     add("--intra-op-threads", int, "ONNX Runtime intra-op threads per call; 0 for one per core")
     add("--inter-op-threads", int, "ONNX Runtime inter-op threads; 0 for its default")
-    add("--compute-threads", int, "threads running inference and mixture math off the event loop")
+    add("--compute-threads", int, "threads running big batches off the event loop; 0: one per CPU, at most 2")
     add("--max-rows", int, "largest batch (rows) per request")
     add("--max-samples", int, "largest rows x num_samples per Sample request")
     add("--max-message-bytes", int, "largest gRPC message, in and out")
@@ -108,7 +121,6 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     problems = []
     for name in (
         "workers",
-        "compute_threads",
         "max_rows",
         "max_samples",
         "max_message_bytes",
@@ -131,7 +143,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             problems.append(f"--{name.replace('_', '-')} {path}: no such file")
     if not -1 <= settings.health_port <= 65535:
         problems.append("--health-port must be in -1..65535")
-    non_negative = ("intra_op_threads", "inter_op_threads", "max_queue_delay_ms", "poll_seconds")
+    non_negative = ("intra_op_threads", "inter_op_threads", "compute_threads", "max_queue_delay_ms", "poll_seconds")
     for name in (*non_negative, "drain_delay_seconds", "grace_seconds"):
         if getattr(settings, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
