@@ -26,8 +26,12 @@ def test_idle_callbacks_run_after_the_work_already_in_hand():
             if n < 5:
                 loop.call_soon(busy, n + 1)
 
+        def idle() -> None:
+            order.append("idle")
+            done.set_result(None)
+
         loop.call_soon(busy, 0)
-        call_when_idle(loop, lambda: (order.append("idle"), done.set_result(None)))
+        call_when_idle(loop, idle)
         await done
 
     run(main)
@@ -46,7 +50,12 @@ def test_idle_callbacks_wait_for_pending_io_events():
         loop.add_reader(a, lambda: order.append(f"read {a.recv(100)!r}"))
         b.send(b"x")
         time.sleep(0.01)  # the byte is in a's buffer before the loop looks
-        call_when_idle(loop, lambda: (order.append("idle"), done.set_result(None)))
+
+        def idle() -> None:
+            order.append("idle")
+            done.set_result(None)
+
+        call_when_idle(loop, idle)
         await done
         loop.remove_reader(a)
         a.close()
