@@ -99,3 +99,28 @@ def test_a_worker_that_cannot_start_fails_the_server(tmp_path):
     proc_log.write_text(result.stderr)
     assert result.returncode == 1
     assert "failed to start" in result.stderr and "is not a folder" in result.stderr
+
+
+def test_pinned_workers_each_get_a_cpu_of_their_own(trained, tmp_path):
+    usable = sorted(os.sched_getaffinity(0))
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--workers", "2",
+                        "--pin-workers", wait_for="with 2 workers")  # fmt: skip
+    try:
+        pins = [os.sched_getaffinity(pid) for pid in sorted(workers_of(proc.process.pid))]
+        assert all(len(cpus) == 1 and cpus <= set(usable) for cpus in pins)
+        if len(usable) >= 2:
+            assert pins[0] != pins[1]
+        assert "CPU" in proc.log()
+        predict_on_fresh_connections(proc.target, 4)
+    finally:
+        assert stop_server(proc) == 0, proc.log()
+
+
+def test_a_single_pinned_server_runs_on_one_cpu(trained, tmp_path):
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--pin-workers")
+    try:
+        assert len(os.sched_getaffinity(proc.process.pid)) == 1
+        assert "pinned to CPU" in proc.log()
+        predict_on_fresh_connections(proc.target, 2)
+    finally:
+        assert stop_server(proc) == 0, proc.log()

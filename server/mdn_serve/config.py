@@ -39,6 +39,7 @@ class Settings:
     max_queue_delay_ms: float = 0.0  # 0: batch what is already queued, never wait for more
     max_queue_size: int = 1024  # queued requests per model version before RESOURCE_EXHAUSTED
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT)
+    pin_workers: bool = False  # each worker on one CPU of its own (round robin over the usable ones)
     tls_cert: str = ""  # PEM certificate chain; with tls_key, serves gRPC over TLS
     tls_key: str = ""
     tls_client_ca: str = ""  # PEM CA bundle: requires and checks client certificates (mutual TLS)
@@ -94,6 +95,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0 never waits")
     add("--max-queue-size", int, "requests queued per model version before new ones get RESOURCE_EXHAUSTED")
     add("--workers", int, "server processes sharing the gRPC port; metrics cover all of them")
+    p.add_argument(
+        "--pin-workers",
+        action="store_true",
+        default=env.get("MDN_PIN_WORKERS", "").lower() in ("1", "true", "yes"),
+        help="with --workers, pin each worker to a CPU of its own (env MDN_PIN_WORKERS=1)",
+    )
     add("--tls-cert", str, "PEM certificate (chain) of the server; with --tls-key turns on TLS")
     add("--tls-key", str, "PEM private key of the server")
     add("--tls-client-ca", str, "PEM CA bundle; clients must present a certificate it signed (mutual TLS)")

@@ -62,6 +62,7 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
     ready_read, ready_write = os.pipe()
     children: dict[int, int] = {}  # pid -> worker slot
     stopping = False
+    cpus = sorted(os.sched_getaffinity(0)) if settings.pin_workers and hasattr(os, "sched_setaffinity") else []
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -69,9 +70,14 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
             os.close(ready_read)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            if cpus:
+                # The event loop and gRPC's threads on one core hand requests to each other
+                # without crossing cores; pinned before they exist, they all inherit it.
+                os.sched_setaffinity(0, {cpus[slot % len(cpus)]})
             _run_worker(worker_settings, ready_write)
         children[pid] = slot
-        log.info("worker %d started (pid %d)", slot, pid)
+        where = f", CPU {cpus[slot % len(cpus)]}" if cpus else ""
+        log.info("worker %d started (pid %d%s)", slot, pid, where)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
