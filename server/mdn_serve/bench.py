@@ -68,8 +68,8 @@ class Placement:
     def split() -> Placement:
         """Servers on the first half of this process's CPUs, the load generator on the rest.
 
-        Left to the scheduler, a server and the load generator on a small machine end up
-        sharing a core at random moments, and the ratios swing with it; in production the
+        Left to the scheduler on a small machine, a server's event loop, its gRPC threads and
+        the load generator move between cores, and the ratios swing with it; in production the
         clients are elsewhere anyway. Both servers get the same CPUs.
         """
         if not hasattr(os, "sched_getaffinity"):
