@@ -108,11 +108,17 @@ def samples_from_draws(
     w = tempered_weights(weights, temperature)
     cdf = np.cumsum(w, axis=-1)  # (B, K)
     cdf[:, -1] = 1.0
-    # Vectorised inverse CDF: count the cdf entries at or below each draw.
-    comp = np.sum(uniforms[:, :, None] >= cdf[:, None, :-1], axis=-1)  # (B, N)
-    rows = np.arange(batch)[:, None]
-    mu = means[rows, comp]  # (B, N, D)
-    sigma = scales[rows, comp] * np.sqrt(temperature)
+    # Vectorised inverse CDF: count the cdf entries at or below each draw (one slice at a time:
+    # see _max_last for why not np.sum over the component axis).
+    comp = np.zeros(uniforms.shape, dtype=np.intp)  # (B, N)
+    for j in range(cdf.shape[1] - 1):
+        comp += uniforms >= cdf[:, j : j + 1]
+    # Gather from the flattened (B*K, D) parameters: np.take on one axis is several times
+    # faster than indexing (rows, comp) on two.
+    k = means.shape[1]
+    index = np.arange(batch)[:, None] * k + comp  # (B, N)
+    mu = np.take(means.reshape(batch * k, -1), index, axis=0)  # (B, N, D)
+    sigma = np.take(scales.reshape(batch * k, -1), index, axis=0) * np.sqrt(temperature)
     out: NDArray[np.float32] = (mu + sigma * normals).astype(np.float32)
     return out
 
