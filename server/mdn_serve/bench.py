@@ -4,7 +4,10 @@
 - transport ceiling: a no-op gRPC server that answers each request with a canned response of
   the same size as ours, driven by the same load generator;
 - our server (a real `mdn-serve` process), for Predict at several batch sizes, Sample and Modes,
-  with 1 and 32 concurrent clients.
+  with 1 and 32 concurrent clients; each point right before the no-op server's run of it.
+
+Predict at batch 1 with 32 clients is repeated (median kept) and measured again with a queue
+delay. The servers run on half of the CPUs and the load generator on the other half.
 
 Writes report.md, report.json and latency_vs_throughput.png under --out (runs/bench).
 """
@@ -198,11 +201,17 @@ def _process_tree(root: int) -> list[int]:
 
 def start_server(models: Path, extra: list[str], placement: Placement | None = None) -> ServerProcess:
     start = time.perf_counter()
+    # The child pins itself before it imports gRPC (a preexec_fn is unsafe in this threaded process).
+    cpus = sorted(placement.server) if placement is not None and placement.server is not None else None
+    launch = (
+        "import os, sys; from mdn_serve.cli import main; "
+        + (f"os.sched_setaffinity(0, {cpus}); " if cpus else "")
+        + "sys.exit(main(sys.argv[1:]))"
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "mdn_serve.cli", "--model-repository", str(models), "--port", "0",
+        [sys.executable, "-c", launch, "--model-repository", str(models), "--port", "0",
          "--metrics-port", "-1", "--max-rows", "16384", "--max-batch-rows", "16384", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=None if placement is None else placement.enter_server,
     )  # fmt: skip
     port = 0
     assert process.stdout is not None

@@ -22,6 +22,7 @@ from typing import Any
 
 # The most a batch waits for a busy loop to run out of work (see the module docstring).
 MAX_IDLE_WAIT_SECONDS = 0.001
+_CAN_YIELD = hasattr(os, "sched_yield")
 
 
 class _IdleSelector(selectors.BaseSelector):
@@ -50,7 +51,7 @@ class _IdleSelector(selectors.BaseSelector):
                 self._release()
             return self._inner.select(timeout)
         events = self._inner.select(0)
-        if not events and hasattr(os, "sched_yield"):
+        if not events and _CAN_YIELD:
             # gRPC hands requests over from its own threads: one that is runnable but waiting
             # for this CPU may be holding requests that already arrived. Let it run, look again.
             os.sched_yield()
