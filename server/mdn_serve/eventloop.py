@@ -23,6 +23,7 @@ from typing import Any
 # The most a batch waits for a busy loop to run out of work (see the module docstring).
 MAX_IDLE_WAIT_SECONDS = 0.001
 _CAN_YIELD = hasattr(os, "sched_yield")
+_YIELDS = 3
 
 
 class _IdleSelector(selectors.BaseSelector):
@@ -51,9 +52,12 @@ class _IdleSelector(selectors.BaseSelector):
                 self._release()
             return self._inner.select(timeout)
         events = self._inner.select(0)
-        if not events and _CAN_YIELD:
-            # gRPC hands requests over from its own threads: one that is runnable but waiting
-            # for this CPU may be holding requests that already arrived. Let it run, look again.
+        # gRPC hands requests over through its own threads (the one reading the socket, then the
+        # one watching the completion queue): those that are runnable but waiting for this CPU
+        # may hold requests that already arrived. Let them run, and look again.
+        for _ in range(_YIELDS if _CAN_YIELD else 0):
+            if events:
+                break
             os.sched_yield()
             events = self._inner.select(0)
         if not events or time.monotonic() >= self._due:
