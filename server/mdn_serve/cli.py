@@ -30,10 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mdn_serve.workers import supervise
 
         return supervise(settings, metrics_dir)
-    if settings.pin_workers and hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})  # before gRPC starts its threads: they inherit it
-        logging.getLogger("mdn_serve").info("pinned to CPU %d", cpu)
+    if settings.pin_workers:
+        from mdn_serve.workers import pin_to_cpu
+
+        pin_to_cpu(0)
     from mdn_serve.app import run
 
     return run(settings)

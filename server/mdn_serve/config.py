@@ -79,6 +79,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             p.error(f"MDN_{name.upper()}={raw!r} is not a valid {kind.__name__}")
         p.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: %(default)s)", **kwargs)
 
+    def switch(flag: str, help_text: str) -> None:
+        """An on/off flag; MDN_<NAME>=1 (or true, yes) turns it on too."""
+        env_name = "MDN_" + flag.lstrip("-").replace("-", "_").upper()
+        on = env.get(env_name, "").lower() in ("1", "true", "yes")
+        p.add_argument(flag, action="store_true", default=on, help=f"{help_text} (env {env_name}=1)")
+
     add("--model-repository", Path, "folder of <name>/<version>/model.onnx")
     add("--host", str, "address to bind the gRPC server to; 0.0.0.0 for every interface")
     add("--port", int, "gRPC port; 0 binds a free one and logs it")
@@ -92,26 +98,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-samples", int, "largest rows x num_samples per Sample request")
     add("--max-message-bytes", int, "largest gRPC message, in and out")
     add("--max-batch-rows", int, "most rows dynamic batching merges into one ONNX Runtime call")
-    add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0 never waits")
+    add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0: send what has arrived")
     add("--max-queue-size", int, "requests queued per model version before new ones get RESOURCE_EXHAUSTED")
     add("--workers", int, "server processes sharing the gRPC port; metrics cover all of them")
-    p.add_argument(
-        "--pin-workers",
-        action="store_true",
-        default=env.get("MDN_PIN_WORKERS", "").lower() in ("1", "true", "yes"),
-        help="with --workers, pin each worker to a CPU of its own (env MDN_PIN_WORKERS=1)",
-    )
+    switch("--pin-workers", "pin each worker (or the single server) to a CPU of its own")
     add("--tls-cert", str, "PEM certificate (chain) of the server; with --tls-key turns on TLS")
     add("--tls-key", str, "PEM private key of the server")
     add("--tls-client-ca", str, "PEM CA bundle; clients must present a certificate it signed (mutual TLS)")
     add("--health-port", int, "plaintext port serving only the health service, for probes; -1: none")
     add("--auth-token-file", str, "file with a bearer token every call except health must send")
-    p.add_argument(
-        "--disable-reflection",
-        action="store_true",
-        default=env.get("MDN_DISABLE_REFLECTION", "").lower() in ("1", "true", "yes"),
-        help="do not serve gRPC server reflection (env MDN_DISABLE_REFLECTION=1)",
-    )
+    switch("--disable-reflection", "do not serve gRPC server reflection")
     add("--poll-seconds", float, "reload the model repository this often (SIGHUP always reloads); 0: never")
     add("--drain-delay-seconds", float, "on SIGTERM, report NOT_SERVING but keep serving this long (probe propagation)")
     add("--grace-seconds", float, "time in-flight requests get to finish on SIGTERM/SIGINT")

@@ -192,7 +192,7 @@ class Dataplane:
             self._check_sampling(sampling, x.shape[0])
         if max_modes is not None and max_modes < 0:
             raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {max_modes}")
-        self.metrics.rows_recorder(method, runtime.name)(x.shape[0])
+        self.metrics.observer(self.metrics.rows, method, runtime.name)(x.shape[0])
         batcher = self._batchers.get((runtime.name, runtime.version))
         if batcher is None:  # unloaded by a reload since it was resolved
             raise ModelNotFound(f"model {runtime.name!r} version {runtime.version} was just unloaded; retry")

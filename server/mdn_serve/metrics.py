@@ -53,8 +53,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._request_recorders: dict[tuple[str, str, str, str], RequestRecorders] = {}
-        self._in_flight_recorders: dict[tuple[str, str], Callable[[float], None]] = {}
-        self._rows_recorders: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._recorders: dict[tuple[str, int, tuple[str, ...]], Callable[[float], None]] = {}
         r = self.registry
         self.request_seconds = Histogram(
             "mdn_request_duration_seconds",
@@ -129,30 +128,33 @@ class Metrics:
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
+    def observer(self, histogram: Histogram, *labels: str) -> Callable[[float], None]:
+        """fast_observe of one labelled child, cached: the request path asks for the same few."""
+        key = ("observe", id(histogram), labels)
+        found = self._recorders.get(key)
+        if found is None:
+            found = self._recorders[key] = fast_observe(histogram.labels(*labels))
+        return found
+
+    def incrementer(self, metric: Counter | Gauge, *labels: str) -> Callable[[float], None]:
+        """fast_inc of one labelled child, cached."""
+        key = ("inc", id(metric), labels)
+        found = self._recorders.get(key)
+        if found is None:
+            found = self._recorders[key] = fast_inc(metric.labels(*labels))
+        return found
+
     def request_recorders(self, protocol: str, method: str, model: str, code: str) -> RequestRecorders:
         """(observe latency, count the request, count the error or None for OK) for one request's labels."""
         key = (protocol, method, model, code)
         found = self._request_recorders.get(key)
         if found is None:
-            errors = None if code == "OK" else fast_inc(self.errors.labels(*key))
-            observe, count = fast_observe(self.request_seconds.labels(*key)), fast_inc(self.requests.labels(*key))
-            found = self._request_recorders[key] = (observe, count, errors)
-        return found
-
-    def in_flight_recorder(self, protocol: str, method: str) -> Callable[[float], None]:
-        """inc(+1) / inc(-1) of the in-flight gauge of one protocol and method."""
-        key = (protocol, method)
-        found = self._in_flight_recorders.get(key)
-        if found is None:
-            found = self._in_flight_recorders[key] = fast_inc(self.in_flight.labels(*key))
-        return found
-
-    def rows_recorder(self, method: str, model: str) -> Callable[[float], None]:
-        """observe() of the rows-per-request histogram of one method and model."""
-        key = (method, model)
-        found = self._rows_recorders.get(key)
-        if found is None:
-            found = self._rows_recorders[key] = fast_observe(self.rows.labels(*key))
+            errors = None if code == "OK" else self.incrementer(self.errors, *key)
+            found = self._request_recorders[key] = (
+                self.observer(self.request_seconds, *key),
+                self.incrementer(self.requests, *key),
+                errors,
+            )
         return found
 
     def child(self, metric: M, *labels: str) -> M:

@@ -40,15 +40,11 @@ def _sum_last(a: FloatArray) -> FloatArray:
     return out
 
 
-def _logsumexp(a: FloatArray, axis: int) -> FloatArray:
-    if axis in (-1, a.ndim - 1):
-        peak = _max_last(a)
-        peak = np.where(np.isfinite(peak), peak, 0.0)
-        last: FloatArray = np.log(_sum_last(np.exp(a - peak[..., None]))) + peak
-        return last
-    peak = np.max(a, axis=axis, keepdims=True)
+def _logsumexp(a: FloatArray) -> FloatArray:
+    """log sum exp over the last axis."""
+    peak = _max_last(a)
     peak = np.where(np.isfinite(peak), peak, 0.0)
-    out: FloatArray = np.log(np.sum(np.exp(a - peak), axis=axis)) + np.squeeze(peak, axis=axis)
+    out: FloatArray = np.log(_sum_last(np.exp(a - peak[..., None]))) + peak
     return out
 
 
@@ -73,7 +69,7 @@ def log_density(weights: FloatArray, means: FloatArray, scales: FloatArray, poin
     with np.errstate(divide="ignore"):
         log_w = np.log(weights.astype(np.float64))
     comp = _component_log_density(pts.astype(np.float64), means.astype(np.float64), scales.astype(np.float64))
-    out = _logsumexp(comp + log_w[:, None, :], axis=-1)  # (B, N)
+    out = _logsumexp(comp + log_w[:, None, :])  # (B, N)
     return out[:, 0] if single else out
 
 
@@ -83,7 +79,7 @@ def tempered_weights(weights: FloatArray, temperature: float) -> FloatArray:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     with np.errstate(divide="ignore"):
         log_w = np.log(weights.astype(np.float64)) / temperature
-    log_w -= _logsumexp(log_w, axis=-1)[:, None]
+    log_w -= _logsumexp(log_w)[:, None]
     out: FloatArray = np.exp(log_w)
     return out
 
@@ -237,7 +233,7 @@ def _density_and_peak(
     grad = -diff * precisions[:, None, :, :]  # gradient of log N_k at each point
     log_norm = 0.5 * _sum_last(np.log(precisions)) - 0.5 * dim * _LOG_2PI + log_w  # (B, K)
     log_joint = log_norm[:, None, :] + 0.5 * _sum_last(diff * grad)  # (B, S, K): log w_k N_k
-    log_p = _logsumexp(log_joint, axis=-1)
+    log_p = _logsumexp(log_joint)
     r = np.exp(log_joint - log_p[:, :, None])  # responsibilities
     weighted = r[..., None] * grad  # (B, S, K, D)
     diag = r @ precisions  # (B, S, D)

@@ -79,7 +79,7 @@ def handler(
                 model = "unknown"  # keep label cardinality bounded whatever clients send
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            in_flight = metrics.in_flight_recorder(protocol, method)
+            in_flight = metrics.incrementer(metrics.in_flight, protocol, method)
             in_flight(1)
             try:
                 if not dataplane.accepting:

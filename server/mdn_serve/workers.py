@@ -25,6 +25,22 @@ log = logging.getLogger("mdn_serve.workers")
 RESTART_BACKOFF_SECONDS = 1.0
 
 
+def pin_to_cpu(slot: int) -> int | None:
+    """Pin this process to the slot-th CPU it may use (round robin); the CPU, or None where the
+    OS cannot pin.
+
+    Called before gRPC starts its threads, so they all inherit it: the event loop and gRPC's
+    threads on one core hand requests to each other without crossing cores.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[slot % len(cpus)]
+    os.sched_setaffinity(0, {cpu})
+    log.info("pinned to CPU %d", cpu)
+    return cpu
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """A bound, non-listening socket that holds the port for workers binding it with SO_REUSEPORT."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -62,7 +78,6 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
     ready_read, ready_write = os.pipe()
     children: dict[int, int] = {}  # pid -> worker slot
     stopping = False
-    cpus = sorted(os.sched_getaffinity(0)) if settings.pin_workers and hasattr(os, "sched_setaffinity") else []
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -70,14 +85,11 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
             os.close(ready_read)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            if cpus:
-                # The event loop and gRPC's threads on one core hand requests to each other
-                # without crossing cores; pinned before they exist, they all inherit it.
-                os.sched_setaffinity(0, {cpus[slot % len(cpus)]})
+            if settings.pin_workers:
+                pin_to_cpu(slot)
             _run_worker(worker_settings, ready_write)
         children[pid] = slot
-        where = f", CPU {cpus[slot % len(cpus)]}" if cpus else ""
-        log.info("worker %d started (pid %d%s)", slot, pid, where)
+        log.info("worker %d started (pid %d)", slot, pid)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
