@@ -77,8 +77,8 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check server trainer tests
-	$(BIN)/ruff format --check server trainer tests
+	$(BIN)/ruff check core server trainer tests
+	$(BIN)/ruff format --check core server trainer tests
 	$(BIN)/mypy
 
 # Pin every installed package to the versions resolved now (run after changing pyproject.toml).

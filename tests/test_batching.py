@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mdn_serve.batching import BatchingConfig, DynamicBatcher, SampleSpec
-from mdn_serve.client import MdnClient
+from mdn_core.mixture import mixture_modes, sample_mixture
+from mdn_core.model import CPU
 from mdn_serve.errors import DeadlineExpired, InvalidInput, QueueFull
-from mdn_serve.eventloop import ServingEventLoop
 from mdn_serve.metrics import Metrics
-from mdn_serve.mixture import mixture_modes, sample_mixture
-from mdn_serve.runtime import CPU, ModelRuntime
+from mdn_serve.serving.batching import BatchingConfig, DynamicBatcher
+from mdn_serve.serving.eventloop import ServingEventLoop
+from mdn_serve.serving.pipeline import Ask, SampleSpec
+from mdn_serve.serving.repository import ModelRuntime
+from mdn_serve.tools.client import MdnClient
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def test_batched_answers_equal_unbatched_ones_in_order(runtime):
     todo = requests()
 
     async def run():
-        return await asyncio.gather(*(batcher.submit(x, s, m) for x, s, m in todo))
+        return await asyncio.gather(*(batcher.submit(x, Ask(s, m)) for x, s, m in todo))
 
     results = asyncio.run(run())
     assert value(metrics, "mdn_inferences_total") == len(todo)
@@ -116,7 +118,7 @@ def test_full_queue_rejects_at_once_and_recovers(runtime):
 
     async def run():
         # Mode searches run on the compute threads: this one is stuck on the busy thread.
-        first = asyncio.ensure_future(batcher.submit(x, max_modes=0))
+        first = asyncio.ensure_future(batcher.submit(x, Ask(max_modes=0)))
         await asyncio.sleep(0.05)
         queued = [asyncio.ensure_future(batcher.submit(x)) for _ in range(2)]
         await asyncio.sleep(0.05)
@@ -142,7 +144,7 @@ def test_expired_and_cancelled_requests_are_not_computed(runtime):
     x = np.full((1, 2), 0.6, np.float32)
 
     async def run():
-        first = asyncio.ensure_future(batcher.submit(x, max_modes=0))  # stuck on the busy compute thread
+        first = asyncio.ensure_future(batcher.submit(x, Ask(max_modes=0)))  # stuck on the busy compute thread
         await asyncio.sleep(0.05)
         expired = asyncio.ensure_future(batcher.submit(x, deadline=time.monotonic() + 0.01))
         cancelled = asyncio.ensure_future(batcher.submit(x))
@@ -273,7 +275,7 @@ def test_a_delay_that_gathers_nobody_stops_delaying_lone_requests(runtime):
         timings = []
         for _ in range(3):  # one client, waiting on each answer: never any company
             start = time.perf_counter()
-            await batcher.submit(x, max_modes=0)
+            await batcher.submit(x, Ask(max_modes=0))
             timings.append(time.perf_counter() - start)
         return timings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from mdn_serve import client
+from mdn_serve.tools import client
 
 
 def run(capsys, server, *args: str) -> tuple[int, str, str]:

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 
-from mdn_serve.eventloop import ServingEventLoop, call_when_idle
+from mdn_serve.serving.eventloop import ServingEventLoop, call_when_idle
 
 
 def run(main, loop_factory=ServingEventLoop):

@@ -7,13 +7,13 @@ import math
 import grpc
 import numpy as np
 import pytest
+from mdn_core.ik import jacobian, refine, solve
+from mdn_core.kinematics import PlanarArm
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
-from mdn_serve.client import MdnClient
-from mdn_serve.ik import jacobian, refine, solve
-from mdn_serve.kinematics import PlanarArm
+from mdn_serve.tools.client import MdnClient
 
 ARM = PlanarArm((0.8, 0.2), ((0.3, 1.2), (-math.pi / 2, math.pi / 2)))
 THREE = PlanarArm((0.5, 0.3, 0.2), ((-0.5, 1.5), (-2.0, 2.0), (-2.0, 2.0)))

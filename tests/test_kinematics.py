@@ -2,7 +2,8 @@ import math
 
 import numpy as np
 import pytest
-from mdn_serve.kinematics import PlanarArm
+from mdn_core.contract import parse_kinematics
+from mdn_core.kinematics import PlanarArm
 
 ARM = PlanarArm((0.8, 0.2), ((0.3, 1.2), (-math.pi / 2, math.pi / 2)))
 
@@ -31,12 +32,12 @@ def test_unreachable_targets_are_infeasible():
 
 
 def test_metadata_round_trip_and_validation():
-    assert PlanarArm.from_metadata(ARM.to_metadata()) == ARM
+    assert parse_kinematics(ARM.to_metadata()) == ARM
     with pytest.raises(ValueError, match="link lengths"):
         PlanarArm((0.8, -0.2), ((0, 1), (0, 1)))
     with pytest.raises(ValueError, match="joint limits"):
         PlanarArm((0.8,), ((0, 1), (0, 1)))
     with pytest.raises(ValueError, match="low < high"):
         PlanarArm((0.8,), ((1, 0),))
-    with pytest.raises(ValueError, match="unsupported"):
-        PlanarArm.from_metadata({"type": "spherical"})
+    with pytest.raises(ValueError, match=r"kinematics\.type"):
+        parse_kinematics({"type": "spherical"})

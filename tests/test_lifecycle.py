@@ -17,13 +17,13 @@ import numpy as np
 import onnx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mdn_serve import repository as repository_module
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
-from mdn_serve.app import MdnServer
+from mdn_serve.app import create_server
 from mdn_serve.config import Settings, compute_threads, parse_settings
 from mdn_serve.metrics import Metrics
-from mdn_serve.runtime import ModelRuntime
+from mdn_serve.serving import repository as repository_module
+from mdn_serve.serving.repository import ModelRuntime
 
 from tests.conftest import start_server, stop_server
 
@@ -142,17 +142,18 @@ def test_bad_settings_exit_with_usage(capsys, argv, env, message):
 
 
 def run_in_process(settings: Settings, scenario) -> None:
-    """Start an MdnServer on its own event loop in a thread and run scenario(server) against it."""
+    """Build, bind and start a server on this event loop, load its models in the background, and run
+    scenario(server, loading) against it (loading: the model load, to await)."""
 
     async def main() -> None:
-        server = MdnServer(settings, Metrics())
-        started = asyncio.ensure_future(server.start())
+        server, port = create_server(settings, Metrics())
+        assert port > 0 and server.port == port  # known before any model loads
+        await server.start()
+        loading = asyncio.ensure_future(server.load_models())
         try:
-            while server.port == 0 and not started.done():
-                await asyncio.sleep(0.01)
-            await scenario(server, started)
+            await scenario(server, loading)
         finally:
-            await started
+            await loading
             await server.stop(0)
 
     asyncio.run(main())

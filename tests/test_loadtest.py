@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from mdn_serve import loadtest
+from mdn_serve.tools import loadtest
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_loadtest_rejects_unbounded_or_bad_runs(capsys):
 def test_bench_smoke_writes_its_report(trained, tmp_path):
     # In its own process: the benchmark pins itself (and the servers it starts) to CPUs.
     args = ["--models", str(trained["models"]), "--out", str(tmp_path), "--quick", "--seconds", "0.3", "--repeats", "2"]
-    subprocess.run([sys.executable, "-m", "mdn_serve.bench", *args], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "mdn_serve.tools.bench", *args], check=True, capture_output=True, timeout=300)
     report = json.loads((tmp_path / "report.json").read_text())
     entries = report["results"] + report["tuned_results"]
     assert len(report["results"]) == 3 and len(report["tuned_results"]) == 2

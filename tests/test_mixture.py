@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from mdn_serve.mixture import _density_and_peak, log_density, mixture_modes, sample_mixture, tempered_weights
+from mdn_core.mixture import _density_and_peak, log_density, mixture_modes, sample_mixture, tempered_weights
 
 
 def random_mixture(rng: np.random.Generator, batch: int, k: int, d: int, spread: float = 3.0):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
-from mdn_serve.client import MdnClient
+from mdn_serve.tools.client import MdnClient
 
 from tests.test_server import sample_value, scrape
 

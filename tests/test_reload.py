@@ -11,7 +11,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from mdn_serve.client import MdnClient
+from mdn_serve.tools.client import MdnClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import start_server, stop_server

@@ -9,8 +9,8 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from mdn_serve import loadtest
-from mdn_serve.client import MdnClient
+from mdn_serve.tools import loadtest
+from mdn_serve.tools.client import MdnClient
 
 from tests.conftest import start_server, stop_server
 

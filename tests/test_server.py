@@ -14,11 +14,11 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from mdn_core.contract import parse_kinematics
+from mdn_core.mixture import mixture_modes
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
-from mdn_serve.client import MdnClient
-from mdn_serve.kinematics import PlanarArm
-from mdn_serve.mixture import mixture_modes
+from mdn_serve.tools.client import MdnClient
 from prometheus_client.parser import text_string_to_metric_families
 
 ARM, TOY = "two_link_arm", "inverse_sine"
@@ -101,7 +101,8 @@ def test_temperature_changes_the_spread(server):
 
 
 def test_modes_land_on_the_closed_form_arm_solutions(server, trained):
-    arm = PlanarArm.from_metadata(json.loads(MdnClient(server.target).get_model(ARM).metadata_json)["kinematics"])
+    arm = parse_kinematics(json.loads(MdnClient(server.target).get_model(ARM).metadata_json)["kinematics"])
+    assert arm is not None
     rng = np.random.default_rng(0)
     angles = np.stack([rng.uniform(0.3, 1.2, 400), rng.uniform(0.6, 1.2, 400) * rng.choice([-1, 1], 400)], 1)
     candidates = arm.forward(angles)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mdn_serve.client import MdnClient
+from mdn_serve.tools.client import MdnClient
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS_PYTHON = Path(os.environ.get("MDN_CLIENTS_PYTHON", REPO / ".venv-clients" / "bin" / "python"))

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from mdn_serve.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_metadata
+from mdn_core.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_metadata
 from mdn_train import export, train
 from mdn_train.export import restore_models
 
@@ -57,11 +57,12 @@ def test_metadata_describes_the_model(trained):
     assert (meta.name, meta.version, meta.task) == ("two_link_arm", "1", "two_link_arm")
     assert meta.input_names == ("ee_x", "ee_y") and meta.output_names == ("theta1", "theta2")
     assert meta.components == 3
-    assert meta.kinematics == {
+    assert meta.raw["kinematics"] == {
         "type": "planar_serial",
         "link_lengths": [0.8, 0.2],
         "joint_limits": [[0.3, 1.2], [-np.pi / 2, np.pi / 2]],
     }
+    assert meta.arm is not None and meta.arm.link_lengths == (0.8, 0.2)
     assert meta.raw["config"]["model"]["hidden"] == [64, 64]
     for key in ("mdn_nll", "baseline_nll", "branch_coverage", "mdn_fk_error", "baseline_fk_error"):
         assert key in meta.raw["metrics"]
@@ -71,7 +72,8 @@ def test_metadata_describes_the_model(trained):
             for p in onnx.load(str(trained["models"] / "inverse_sine" / "1" / "model.onnx")).metadata_props
         }[METADATA_KEY]
     )
-    assert toy.kinematics is None and toy.input_names == ("t",) and "nll_gap" in toy.raw["metrics"]
+    assert toy.arm is None and "kinematics" not in toy.raw
+    assert toy.input_names == ("t",) and "nll_gap" in toy.raw["metrics"]
 
 
 def test_reports_and_plots_are_written(trained):
@@ -195,7 +197,7 @@ def test_three_link_arm_trains_exports_and_reports_its_solution_spread(tmp_path)
         ]
     )
     assert meta.output_names == ("theta1", "theta2", "theta3")
-    assert meta.kinematics is not None and meta.kinematics["link_lengths"] == [0.5, 0.3, 0.2]
+    assert meta.arm is not None and meta.arm.link_lengths == (0.5, 0.3, 0.2)
     report = json.loads((runs / "three_link_arm" / "report.json").read_text())
     ik = report["metrics"]["ik"]
     assert "joint_spread_rad" in ik and ik["joint_limit_violations"] == 0

@@ -1,4 +1,9 @@
-"""The server's lifecycle: bind, load and warm up models, report SERVING, drain, stop. `mdn-serve`."""
+"""The server's lifecycle, step by step: build, bind (the port is known before any model loads),
+start answering (health NOT_SERVING), load and warm up the models, SERVING, drain, stop.
+
+`create_server(settings)` builds and binds; `serve(settings)` runs one server process until a
+signal. Tests run servers in-process with the first and keep subprocesses for the second.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +18,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from mdn_serve._proto.inference import grpc_service_pb2 as oip_pb2
-from mdn_serve._proto.mdn.v1 import mdn_pb2
-from mdn_serve.batching import BatchingConfig
 from mdn_serve.config import Settings, compute_threads
-from mdn_serve.dataplane import Dataplane, Limits
 from mdn_serve.errors import MdnError
-from mdn_serve.eventloop import ServingEventLoop
-from mdn_serve.grpc_service import IK_SERVICE_NAME, SERVICE_NAME, IkServicer, MdnServicer
 from mdn_serve.metrics import Metrics
-from mdn_serve.oip_service import SERVICE_NAME as OIP_SERVICE_NAME
-from mdn_serve.oip_service import OipServicer
-from mdn_serve.repository import ModelRepository
-from mdn_serve.rpc import add_service
-from mdn_serve.runtime import choose_providers
+from mdn_serve.protocols import ADAPTERS
+from mdn_serve.protocols.rpc import add_service
 from mdn_serve.security import BearerTokenInterceptor, read_token, server_credentials
+from mdn_serve.serving.batching import BatchingConfig
+from mdn_serve.serving.dataplane import Dataplane, Limits
+from mdn_serve.serving.eventloop import ServingEventLoop
+from mdn_serve.serving.repository import ModelRepository, choose_providers
 
 log = logging.getLogger("mdn_serve")
 
@@ -65,31 +65,27 @@ class MdnServer:
         self._providers: list[str] = []
         self._reload_lock = asyncio.Lock()
         self.health_port: int | None = None
+        # Every adapter's services, in one loop: what is registered is what health and reflection list.
         elements = size // 4
-        add_service(self.server, MdnServicer(self.dataplane, elements), mdn_pb2.DESCRIPTOR.services_by_name[
-            "MixtureDensityService"])  # fmt: skip
-        add_service(self.server, IkServicer(self.dataplane, elements), mdn_pb2.DESCRIPTOR.services_by_name[
-            "InverseKinematicsService"])  # fmt: skip
-        add_service(self.server, OipServicer(self.dataplane, elements), oip_pb2.DESCRIPTOR.services_by_name[
-            "GRPCInferenceService"])  # fmt: skip
+        self.service_names: list[str] = []
+        for adapter in ADAPTERS:
+            for binding in adapter.services:
+                add_service(self.server, binding.servicer(self.dataplane, elements), binding.descriptor)
+                self.service_names.append(binding.descriptor.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if not settings.disable_reflection:
+            health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
             reflection.enable_server_reflection(
-                (
-                    SERVICE_NAME,
-                    IK_SERVICE_NAME,
-                    OIP_SERVICE_NAME,
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ),
-                self.server,
+                (*self.service_names, health_name, reflection.SERVICE_NAME), self.server
             )
 
-    async def start(self) -> None:
-        """Bind and answer health checks (NOT_SERVING), load and warm every model, then SERVING."""
+    @property
+    def _health_names(self) -> tuple[str, ...]:
+        return (OVERALL, *self.service_names)
+
+    def bind(self) -> int:
+        """Bind the gRPC port (and the plaintext health port, if any); the gRPC port bound."""
         s = self.settings
-        for name in (OVERALL, SERVICE_NAME, IK_SERVICE_NAME, OIP_SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         credentials = server_credentials(s)
         address = f"{s.host}:{s.port}"
         if credentials is None:
@@ -98,22 +94,35 @@ class MdnServer:
             self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise MdnError(f"cannot bind {s.host}:{s.port} (in use?)")
-        await self.server.start()
         if s.health_port >= 0:
             # Kubernetes gRPC probes speak plaintext: a port with nothing but the health service.
             self.health_server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = self.health_server.add_insecure_port(f"{s.host}:{s.health_port}")
-            await self.health_server.start()
-            log.info("health (plaintext) on %s:%d", s.host, self.health_port)
         mode = "plaintext" if credentials is None else ("mutual TLS" if s.tls_client_ca else "TLS")
         auth = ", bearer token required" if s.auth_token_file else ""
         log.info("listening on %s:%d (gRPC, %s%s)", s.host, self.port, mode, auth)
+        return self.port
+
+    async def start(self) -> None:
+        """Answer calls (health NOT_SERVING, the rest UNAVAILABLE) and serve /metrics; binds first if needed."""
+        s = self.settings
+        if self.port == 0:
+            self.bind()
+        for name in self._health_names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
+            log.info("health (plaintext) on %s:%d", s.host, self.health_port)
         if s.metrics_port >= 0:
             self._metrics_server, _ = start_http_server(s.metrics_port, s.metrics_host, registry=self.metrics.registry)
             self.metrics_port = self._metrics_server.server_port
             log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
 
+    async def load_models(self) -> None:
+        """Load and warm up every model, then report SERVING."""
+        s = self.settings
         providers = self._providers = choose_providers(s.device)
         log.info("device %s: execution providers %s", s.device, providers)
         repository = await asyncio.to_thread(
@@ -123,7 +132,7 @@ class MdnServer:
         for name, entry in sorted(repository.models.items()):
             latest = entry.latest
             log.info("model %s: versions %s, provider %s", name, ",".join(entry.version_list), latest.provider)
-        for name in (OVERALL, SERVICE_NAME, IK_SERVICE_NAME, OIP_SERVICE_NAME):
+        for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %d model(s) on %s:%d", len(repository.models), s.host, self.port)
 
@@ -173,6 +182,12 @@ class MdnServer:
         await self.server.wait_for_termination()
 
 
+def create_server(settings: Settings, metrics: Metrics | None = None) -> tuple[MdnServer, int]:
+    """A server built and bound, not yet started: (server, the gRPC port it bound)."""
+    server = MdnServer(settings, metrics)
+    return server, server.bind()
+
+
 async def serve(settings: Settings, on_serving: Callable[[MdnServer], None] | None = None) -> None:
     """Run one server until SIGTERM or SIGINT; on_serving is called once it reports SERVING."""
     server = MdnServer(settings)
@@ -181,7 +196,9 @@ async def serve(settings: Settings, on_serving: Callable[[MdnServer], None] | No
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:
+        server.bind()
         await server.start()
+        await server.load_models()
     except BaseException:
         await server.stop(0)
         raise

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mdn_serve.kinematics import PlanarArm
+from mdn_core.kinematics import PlanarArm
 from numpy.typing import NDArray
 
 from mdn_train.config import ARM_DATASETS, DataConfig

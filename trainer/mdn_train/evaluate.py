@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-from mdn_serve.contract import INPUT_NAME, OUTPUT_NAMES
-from mdn_serve.ik import solve
-from mdn_serve.kinematics import PlanarArm
-from mdn_serve.mixture import log_density, mixture_modes
+from mdn_core.ik import solve
+from mdn_core.kinematics import PlanarArm
+from mdn_core.mixture import log_density, mixture_modes
+from mdn_core.model import load_graph
 from numpy.typing import NDArray
 
 from mdn_train.data import INVERSE_SINE_NOISE, Dataset, inverse_sine_forward
@@ -26,22 +25,14 @@ BRANCH_TOLERANCE = 0.05  # rad: a mode this close (Euclidean, joint space) cover
 
 
 class OnnxMixture:
-    """Runs an exported MDN: x (B, in_dim) -> weights, means, scales."""
+    """Runs an exported graph (opened by mdn_core.model, metadata or not): x (B, in_dim) -> weights, means, scales."""
 
     def __init__(self, model: Path | bytes, chunk: int = 8192) -> None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(model) if isinstance(model, Path) else model, options, providers=["CPUExecutionProvider"]
-        )
+        self.model = load_graph(model)
         self.chunk = chunk
 
     def __call__(self, x: NDArray[np.float32]) -> Mixture:
-        parts = [
-            self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x[i : i + self.chunk])})
-            for i in range(0, len(x), self.chunk)
-        ]
-        w, m, s = (np.concatenate([p[j] for p in parts]) for j in range(3))
+        w, m, s = self.model.run_chunked(x, self.chunk)
         return w, m, s
 
 

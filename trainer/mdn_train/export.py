@@ -21,8 +21,16 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from mdn_serve.contract import INPUT_NAME, METADATA_KEY, MODEL_FILENAME, OUTPUT_NAMES, build_metadata
-from mdn_serve.kinematics import PlanarArm
+from mdn_core.contract import (
+    INPUT_NAME,
+    METADATA_KEY,
+    MODEL_FILENAME,
+    OUTPUT_NAMES,
+    ContractError,
+    build_metadata,
+    parse_kinematics,
+)
+from mdn_core.model import load_model
 
 from mdn_train.config import RunConfig
 from mdn_train.data import Dataset, make_dataset, split
@@ -144,6 +152,10 @@ def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plot
         entry.key, entry.value = METADATA_KEY, meta.to_json()
         model.producer_name = "mdn-serve"
         onnx.save(model, str(onnx_path))
+        try:  # the file as the server will open it, before it can be served
+            load_model(onnx_path)
+        except ContractError as exc:
+            raise TrainerError(f"the exported file breaks the serving contract: {exc}") from None
 
         plot_paths = make_plots(run_dir / "plots", test, predictor, predict_baseline) if plots else []
         write_report(run_dir, run.name, str(ver), metrics, plot_paths)
@@ -173,7 +185,7 @@ def _test_split(run: RunConfig, checkpoint: dict[str, Any]) -> Dataset:
             test.input_names,
             test.target_names,
             test.task,
-            PlanarArm.from_metadata(checkpoint["kinematics"]),
+            parse_kinematics(checkpoint["kinematics"]),
         )
     return test
 

@@ -14,9 +14,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from mdn_serve.ik import solve
-from mdn_serve.kinematics import PlanarArm
-from mdn_serve.mixture import log_density, mixture_modes
+from mdn_core.ik import solve
+from mdn_core.kinematics import PlanarArm
+from mdn_core.mixture import log_density, mixture_modes
 from numpy.typing import NDArray
 
 from mdn_train.data import Dataset

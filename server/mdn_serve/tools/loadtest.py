@@ -21,11 +21,12 @@ from typing import Any
 
 import grpc
 import numpy as np
+from mdn_core.contract import parse_kinematics
 from numpy.typing import NDArray
 
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
-from mdn_serve.kinematics import PlanarArm
+from mdn_serve.tools.channel import ChannelConfig, read_token
 
 RPCS = ("predict", "sample", "modes")
 PROTOCOLS = ("mdn", "oip")
@@ -76,9 +77,8 @@ class LoadResult:
 
 def model_inputs(metadata: dict[str, Any], input_dim: int, batch: int, rng: np.random.Generator) -> NDArray[np.float32]:
     """Inputs in the model's domain: reachable targets for arms, the training range otherwise."""
-    kin = metadata.get("kinematics")
-    if isinstance(kin, dict):
-        arm = PlanarArm.from_metadata(kin)
+    arm = parse_kinematics(metadata.get("kinematics"))
+    if arm is not None:
         limits = np.asarray(arm.joint_limits)
         return arm.forward(rng.uniform(limits[:, 0], limits[:, 1], (batch, arm.num_joints))).astype(np.float32)
     low, high = metadata.get("input_min"), metadata.get("input_max")
@@ -113,22 +113,23 @@ def encode_request(config: LoadConfig, x: NDArray[np.float32]) -> tuple[str, byt
     return "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
 
 
+def channel_config(config: LoadConfig) -> ChannelConfig:
+    return ChannelConfig(
+        config.target,
+        tls=config.tls,
+        ca_cert=config.ca_cert,
+        client_cert=config.client_cert,
+        client_key=config.client_key,
+        token=read_token(config.token_file),
+    )
+
+
 def auth_metadata(config: LoadConfig) -> list[tuple[str, str]] | None:
-    if not config.token_file:
-        return None
-    return [("authorization", f"Bearer {Path(config.token_file).read_text().strip()}")]
+    return channel_config(config).metadata()
 
 
 def _channel(config: LoadConfig) -> grpc.aio.Channel:
-    options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
-    if config.tls or config.ca_cert or config.client_cert:
-        credentials = grpc.ssl_channel_credentials(
-            Path(config.ca_cert).read_bytes() if config.ca_cert else None,
-            Path(config.client_key).read_bytes() if config.client_key else None,
-            Path(config.client_cert).read_bytes() if config.client_cert else None,
-        )
-        return grpc.aio.secure_channel(config.target, credentials, options=options)
-    return grpc.aio.insecure_channel(config.target, options=options)
+    return channel_config(config).open_aio()
 
 
 async def fetch_metadata(config: LoadConfig) -> tuple[dict[str, Any], int]:

@@ -1,4 +1,10 @@
-"""What every RPC handler shares, whatever the protocol: metrics and the one error-to-status mapping."""
+"""What every gRPC protocol adapter shares: its description, metrics, and the one error-to-status mapping.
+
+An adapter is a sub-package of mdn_serve.protocols holding a codec (the only code that touches
+its generated protobuf classes), thin servicers over the Dataplane, and a `ProtocolAdapter`
+describing itself; the app registers every adapter's services, health and reflection from
+those descriptions in one loop.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,14 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-from mdn_serve.dataplane import Dataplane
 from mdn_serve.errors import (
     DeadlineExpired,
     InvalidInput,
@@ -24,6 +30,7 @@ from mdn_serve.errors import (
     QueueFull,
     Unavailable,
 )
+from mdn_serve.serving.dataplane import Dataplane
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,30 @@ STATUS_OF: dict[type[MdnError], grpc.StatusCode] = {
 
 
 class Servicer(Protocol):
+    protocol: ClassVar[str]  # the `protocol` label of the request metrics
     dataplane: Dataplane
+
+    def model_of(self, request: Any) -> str:
+        """The model a request names, "" when none (for metric labels)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    descriptor: ServiceDescriptor
+    servicer: Callable[[Dataplane, int], Servicer]  # (dataplane, most values a request may carry)
+
+
+@dataclass(frozen=True)
+class ProtocolAdapter:
+    """What the app needs to know of a protocol to serve it."""
+
+    label: str  # the `protocol` label of its metrics
+    services: tuple[ServiceBinding, ...]
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        return tuple(s.descriptor.full_name for s in self.services)
 
 
 S = TypeVar("S", bound=Servicer)
@@ -60,9 +90,7 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def handler(
-    protocol: str, method: str, model_of: Callable[[Any], str]
-) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
+def handler(method: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
     """Times the call, counts it by status code, and turns exceptions into gRPC statuses.
 
     Our own errors carry a message for the client; anything else is INTERNAL with a
@@ -72,9 +100,9 @@ def handler(
     def wrap(fn: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         @functools.wraps(fn)
         async def wrapped(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-            dataplane = self.dataplane
+            dataplane, protocol = self.dataplane, self.protocol
             metrics = dataplane.metrics
-            model = model_of(request) or "-"
+            model = self.model_of(request) or "-"
             if model != "-" and dataplane.ready and model not in dataplane.models().models:
                 model = "unknown"  # keep label cardinality bounded whatever clients send
             start = time.perf_counter()
@@ -120,7 +148,7 @@ def add_service(server: grpc.aio.Server, servicer: Servicer, service: ServiceDes
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(servicer, method.name, request_class, service.full_name),
+            _parsing(servicer, method.name, request_class),
             request_deserializer=None,
             response_serializer=lambda message: message.SerializeToString(),
         )
@@ -128,10 +156,10 @@ def add_service(server: grpc.aio.Server, servicer: Servicer, service: ServiceDes
 
 
 def _parsing(
-    servicer: Servicer, method: str, request_class: Any, service: str
+    servicer: Servicer, method: str, request_class: Any
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     bound = getattr(servicer, method)
-    protocol = "oip" if service.startswith("inference.") else "mdn.v1"
+    protocol = servicer.protocol
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:

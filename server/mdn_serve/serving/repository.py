@@ -1,4 +1,8 @@
-"""The model repository on disk: <root>/<name>/<version>/model.onnx, integer versions."""
+"""The model repository on disk: <root>/<name>/<version>/model.onnx, integer versions.
+
+Files are opened with mdn_core.model.load_model, which checks the contract and the metadata
+(kinematics included); a file it refuses is never served.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,83 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdn_serve.contract import MODEL_FILENAME
+import numpy as np
+import onnxruntime as ort
+from mdn_core.contract import MODEL_FILENAME, ContractError, ModelMetadata
+from mdn_core.model import CPU, CUDA, LoadedModel, Mixture, load_model
+from numpy.typing import NDArray
+
 from mdn_serve.errors import ModelLoadError, ModelNotFound
-from mdn_serve.runtime import ModelRuntime, file_stamp
 
 log = logging.getLogger(__name__)
+
+
+def choose_providers(device: str) -> list[str]:
+    """Execution providers for --device; raises ModelLoadError when CUDA is asked for but missing."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise ModelLoadError(
+                f"--device cuda needs ONNX Runtime's {CUDA}, but this install offers {', '.join(available)}; "
+                "install the `cuda` extra (onnxruntime-gpu, see `make install-cuda`) or use --device cpu"
+            )
+        return [CUDA, CPU]
+    if device == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise ValueError(f"unknown device {device!r}")
+
+
+def file_stamp(path: Path) -> tuple[int, int, int]:
+    """Identity of a file's content for reloads: (inode, size, mtime in ns)."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class ModelRuntime:
+    """One served model version: its name, version and file, and the model loaded from it."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        path: Path,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+    ) -> None:
+        self.name, self.version, self.path = name, version, path
+        self.file_stamp = file_stamp(path)
+        try:
+            self.model: LoadedModel = load_model(path, providers, intra_op_threads, inter_op_threads, warm_up=False)
+        except ContractError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from None
+        self.metadata: ModelMetadata = self.model.metadata
+        self.provider = self.model.provider
+
+    @property
+    def input_dim(self) -> int:
+        return self.metadata.input_dim
+
+    @property
+    def output_dim(self) -> int:
+        return self.metadata.output_dim
+
+    @property
+    def components(self) -> int:
+        return self.metadata.components
+
+    def run(self, x: NDArray[np.float32]) -> Mixture:
+        """Mixture parameters for x (B, in_dim) float32, C-contiguous."""
+        return self.model.run(x)
+
+    def warm_up(self) -> None:
+        """Run the model once at a few batch sizes; ModelLoadError if it fails or its shapes are off."""
+        try:
+            self.model.warm_up()
+        except ContractError as exc:
+            raise ModelLoadError(f"{self.path}: {exc}") from None
 
 
 @dataclass

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_serve.kinematics import PlanarArm
-from mdn_serve.mixture import mixture_modes, sample_mixture
+from mdn_core.kinematics import PlanarArm
+from mdn_core.mixture import Modes, mixture_modes, sample_mixture
 
 FloatArray = NDArray[np.floating]
 
 DEFAULT_TOLERANCE = 1e-6  # position error to refine to, in the arm's length unit
+DEFAULT_REFINE = True  # what a request that does not say gets
 MAX_ITERATIONS = 50
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
@@ -39,6 +40,12 @@ class Solutions:
     score: NDArray[np.float32]
     num_solutions: NDArray[np.int32]
     status: list[str]
+
+    def within_limits_padded(self) -> NDArray[np.float32]:
+        """within_limits as 1/0 with NaN where a row has no solution (how both protocols send it)."""
+        shown = ~np.isnan(self.position_error)
+        out: NDArray[np.float32] = np.where(shown, self.within_limits, np.nan).astype(np.float32)
+        return out
 
 
 def jacobian(arm: PlanarArm, angles: FloatArray) -> FloatArray:
@@ -103,10 +110,15 @@ def solve(
     tolerance: float = DEFAULT_TOLERANCE,
     num_samples: int = 0,
     seed: int | None = None,
+    modes: Modes | None = None,
 ) -> Solutions:
-    """Every distinct solution for each target, seeded from the mixture, optionally refined."""
+    """Every distinct solution for each target, seeded from the mixture, optionally refined.
+
+    modes: the mixture's modes (all of them), when the caller has already searched for them.
+    """
     batch = targets.shape[0]
-    modes = mixture_modes(weights, means, scales)
+    if modes is None:
+        modes = mixture_modes(weights, means, scales)
     seeds = np.nan_to_num(modes.modes.astype(np.float64), nan=0.0)  # (B, M, J)
     score = np.nan_to_num(modes.mass.astype(np.float64), nan=0.0)
     valid = np.arange(seeds.shape[1])[None, :] < modes.num_modes[:, None]

@@ -1,18 +1,19 @@
 """Dynamic batching: concurrent requests for one model version share one ONNX Runtime call.
 
+The batcher only queues requests and merges their ONNX Runtime calls; what each request asked
+for beyond the mixture is computed by mdn_serve.serving.pipeline on the batch's result.
+
 Triton's semantics: a batch is sent as soon as a compute slot is free, with whatever is
 queued (up to max_batch_rows); with a max_queue_delay > 0 a lone request waits that long for
 company. With the default delay of 0 nobody waits for requests still to come, but requests
 that already reached the server and are still on their way through the event loop are
-waiting too: the batch leaves when the loop has handled them (see mdn_serve.eventloop).
+waiting too: the batch leaves when the loop has handled them (see mdn_serve.serving.eventloop).
 
 The queue is bounded and a request that does not fit is rejected at once. Requests whose
 deadline passed or whose caller went away are dropped before compute, and so are requests
 with NaN or infinite inputs (INVALID_ARGUMENT), found with one check per batch.
 
-Answers do not depend on batching: every row is computed independently, and each request
-draws its samples from its own generator, so a seeded request gets the same samples alone
-or merged with others.
+Answers do not depend on batching (see mdn_serve.serving.pipeline).
 """
 
 from __future__ import annotations
@@ -22,41 +23,22 @@ import collections
 import functools
 import itertools
 import time
-from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mdn_serve.errors import DeadlineExpired, InvalidInput, QueueFull, Unavailable
-from mdn_serve.eventloop import call_when_idle
 from mdn_serve.metrics import Metrics, fast_inc, fast_observe
-from mdn_serve.mixture import Modes, mixture_modes, sample_draws, samples_from_draws
-from mdn_serve.runtime import Mixture, ModelRuntime
+from mdn_serve.serving.eventloop import call_when_idle
+from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, Outputs, postprocess, split_plain
+from mdn_serve.serving.repository import ModelRuntime
 
 _NO_ROWS = np.zeros((0, 0), np.float32)
 
 # After a queue delay gathered no company, partial batches leave at once for this long.
 LONELY_BACKOFF_SECONDS = 0.25
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    num_samples: int
-    seed: int | None = None  # None draws fresh entropy
-    temperature: float = 0.0  # 0 means 1.0
-
-    @property
-    def tau(self) -> float:
-        return 1.0 if self.temperature == 0 else float(self.temperature)
-
-
-class Outputs(NamedTuple):  # a tuple: built for every request, so it must be cheap
-    mixture: Mixture
-    samples: NDArray[np.float32] | None  # (B, N, D) when sampling was asked for
-    modes: Modes | None  # when modes were asked for
 
 
 @dataclass(frozen=True)
@@ -70,14 +52,9 @@ class BatchingConfig:
 
 
 @dataclass(slots=True)
-class _Work:
+class _Request:
     x: NDArray[np.float32]
-    sampling: SampleSpec | None
-    max_modes: int | None
-
-
-@dataclass(slots=True)
-class _Request(_Work):
+    ask: Ask
     future: asyncio.Future[Outputs]
     enqueued: float
     deadline: float | None  # time.monotonic() after which the caller no longer waits
@@ -114,8 +91,7 @@ class DynamicBatcher:
     async def submit(
         self,
         x: NDArray[np.float32],
-        sampling: SampleSpec | None = None,
-        max_modes: int | None = None,
+        ask: Ask = MIXTURE_ONLY,
         deadline: float | None = None,
     ) -> Outputs:
         """Queue one request and wait for its share of a batch."""
@@ -127,7 +103,7 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._queue.append(_Request(x, sampling, max_modes, future, time.monotonic(), deadline))
+        self._queue.append(_Request(x, ask, future, time.monotonic(), deadline))
         self._queued_rows += x.shape[0]
         self._schedule(loop)
         try:
@@ -179,10 +155,10 @@ class DynamicBatcher:
         self._flush_scheduled = False
         loop = asyncio.get_running_loop()
         while self._queue and len(self._computing) < self.config.max_concurrent_batches:
-            batch, x = self._finite(self._take_batch())
+            batch, x = _finite(self._take_batch())
             if not batch:
                 continue
-            plain = all(r.sampling is None and r.max_modes is None for r in batch)
+            plain = all(r.ask.plain for r in batch)
             if plain and x.shape[0] <= self.config.inline_rows:
                 # Mixture parameters for a few rows: microseconds of ONNX Runtime and no mixture
                 # math, so a thread hand-off would cost more than the work.
@@ -224,29 +200,6 @@ class DynamicBatcher:
         self._queued_rows = 0
         await asyncio.sleep(0)  # let the cancelled batches' callbacks answer their callers
 
-    @staticmethod
-    def _finite(batch: list[_Request]) -> tuple[list[_Request], NDArray[np.float32]]:
-        """The batch's inputs stacked, after failing the requests with NaN or infinite values.
-
-        One check for the whole batch; only a batch that fails it is looked at request by request.
-        """
-        if not batch:
-            return batch, _NO_ROWS
-        x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
-        if np.isfinite(x).all():
-            return batch, x
-        kept = []
-        for request in batch:
-            finite = np.isfinite(request.x)
-            if finite.all():
-                kept.append(request)
-            else:
-                row, col = np.argwhere(~finite)[0]
-                request.future.set_exception(
-                    InvalidInput(f"inputs contain NaN or infinite values (first at row {row}, column {col})")
-                )
-        return DynamicBatcher._finite(kept)
-
     def _take_batch(self) -> list[_Request]:
         """Pop requests up to max_batch_rows (at least one), dropping the ones nobody waits for."""
         batch: list[_Request] = []
@@ -283,10 +236,10 @@ class DynamicBatcher:
                 assert error is not None
                 request.future.set_exception(error)
 
-    def _compute(self, batch: Sequence[_Work], x: NDArray[np.float32], plain: bool) -> list[Outputs]:
-        """One ONNX Runtime call for x, the batch's inputs stacked, then samples and modes, split per request.
+    def _compute(self, batch: list[_Request], x: NDArray[np.float32], plain: bool) -> list[Outputs]:
+        """One ONNX Runtime call for x (the batch's inputs stacked), then the pipeline's post-processing.
 
-        plain: no request asks for samples or modes.
+        plain: no request asks for more than the mixture parameters.
         """
         start = time.perf_counter()
         mix = self.runtime.run(x)
@@ -294,60 +247,35 @@ class DynamicBatcher:
         self._executions(1)
         self._inferences(len(batch))
         self._batch_rows(x.shape[0])
-
         if plain and len(batch) == 1:
-            return [Outputs(mix, None, None)]
+            return [Outputs(mix, None, None, None)]
         bounds = [0, *itertools.accumulate(r.x.shape[0] for r in batch)]
-        w, m, s = mix
         if plain:
-            return [Outputs(Mixture(w[a:b], m[a:b], s[a:b]), None, None) for a, b in itertools.pairwise(bounds)]
+            return split_plain(mix, bounds)
         done = time.perf_counter()
-        samples = self._samples(batch, bounds, mix)
-        modes = self._modes(batch, bounds, mix)
+        out = postprocess([r.ask for r in batch], bounds, x, mix, self.runtime.metadata.arm)
         self._postprocess_seconds.observe(time.perf_counter() - done)
-        return [
-            Outputs(Mixture(w[a:b], m[a:b], s[a:b]), samples.get(i), modes.get(i))
-            for i, (a, b) in enumerate(itertools.pairwise(bounds))
-        ]
-
-    @staticmethod
-    def _samples(batch: Sequence[_Work], bounds: list[int], mix: Mixture) -> dict[int, NDArray[np.float32]]:
-        """Sample every request that asked, vectorised over requests that share (N, temperature)."""
-        groups: dict[tuple[int, float], list[int]] = collections.defaultdict(list)
-        for i, r in enumerate(batch):
-            if r.sampling is not None:
-                groups[(r.sampling.num_samples, r.sampling.tau)].append(i)
-        out: dict[int, NDArray[np.float32]] = {}
-        dim = mix.means.shape[-1]
-        for (num, tau), members in groups.items():
-            rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
-            draws = []
-            for i in members:
-                spec = batch[i].sampling
-                assert spec is not None
-                draws.append(sample_draws(np.random.default_rng(spec.seed), bounds[i + 1] - bounds[i], num, dim))
-            uniforms = np.concatenate([u for u, _ in draws])
-            normals = np.concatenate([z for _, z in draws])
-            drawn = samples_from_draws(mix.weights[rows], mix.means[rows], mix.scales[rows], uniforms, normals, tau)
-            offset = 0
-            for i in members:
-                n = bounds[i + 1] - bounds[i]
-                out[i] = drawn[offset : offset + n]
-                offset += n
         return out
 
-    @staticmethod
-    def _modes(batch: Sequence[_Work], bounds: list[int], mix: Mixture) -> dict[int, Modes]:
-        """One mode search over the rows of every request that asked, then split."""
-        members = [i for i, r in enumerate(batch) if r.max_modes is not None]
-        if not members:
-            return {}
-        rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
-        found = mixture_modes(mix.weights[rows], mix.means[rows], mix.scales[rows])
-        out: dict[int, Modes] = {}
-        offset = 0
-        for i in members:
-            n = bounds[i + 1] - bounds[i]
-            out[i] = found.take(offset, offset + n, batch[i].max_modes or 0)
-            offset += n
-        return out
+
+def _finite(batch: list[_Request]) -> tuple[list[_Request], NDArray[np.float32]]:
+    """The batch's inputs stacked, after failing the requests with NaN or infinite values.
+
+    One check for the whole batch; only a batch that fails it is looked at request by request.
+    """
+    if not batch:
+        return batch, _NO_ROWS
+    x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
+    if np.isfinite(x).all():
+        return batch, x
+    kept = []
+    for request in batch:
+        finite = np.isfinite(request.x)
+        if finite.all():
+            kept.append(request)
+        else:
+            row, col = np.argwhere(~finite)[0]
+            request.future.set_exception(
+                InvalidInput(f"inputs contain NaN or infinite values (first at row {row}, column {col})")
+            )
+    return _finite(kept)

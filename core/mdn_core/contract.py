@@ -2,7 +2,8 @@
 
 Graph: input `x` float32 (B, in_dim) with dynamic B; outputs `weights` (B, K) with rows
 summing to 1, `means` (B, K, D) and `scales` (B, K, D) > 0, all in raw (unstandardised)
-units. The model's metadata property `mdn` holds a JSON object described by `ModelMetadata`.
+units. The model's metadata property `mdn` holds a JSON object described by `ModelMetadata`;
+its optional `kinematics` block is parsed here too, so a malformed one refuses the file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from mdn_core.kinematics import PlanarArm
 
 INPUT_NAME = "x"
 OUTPUT_NAMES = ("weights", "means", "scales")
@@ -32,6 +35,7 @@ class ModelMetadata:
     output_names: tuple[str, ...]
     components: int
     raw: dict[str, Any]  # the whole JSON object, including config, metrics and kinematics
+    arm: PlanarArm | None = None  # the parsed `kinematics` block, for arm models
 
     @property
     def input_dim(self) -> int:
@@ -40,11 +44,6 @@ class ModelMetadata:
     @property
     def output_dim(self) -> int:
         return len(self.output_names)
-
-    @property
-    def kinematics(self) -> dict[str, Any] | None:
-        kin = self.raw.get("kinematics")
-        return kin if isinstance(kin, dict) else None
 
     def to_json(self) -> str:
         return json.dumps(self.raw, sort_keys=True, allow_nan=False)
@@ -118,6 +117,7 @@ def parse_metadata(text: str) -> ModelMetadata:
         names[key] = tuple(value)
     if raw["components"] < 1:
         raise ContractError("metadata field 'components' must be >= 1")
+    arm = parse_kinematics(raw.get("kinematics"), len(names["output_names"]))
     return ModelMetadata(
         name=raw["name"],
         version=raw["version"],
@@ -126,4 +126,37 @@ def parse_metadata(text: str) -> ModelMetadata:
         output_names=names["output_names"],
         components=raw["components"],
         raw=raw,
+        arm=arm,
     )
+
+
+def parse_kinematics(block: Any, output_dim: int | None = None) -> PlanarArm | None:
+    """The metadata's `kinematics` block as an arm (None when absent); ContractError names the bad field."""
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise ContractError("metadata field 'kinematics' must be a JSON object")
+    if block.get("type") != "planar_serial":
+        raise ContractError(
+            f"metadata field 'kinematics.type' is {block.get('type')!r}; this reader knows 'planar_serial'"
+        )
+    lengths, limits = block.get("link_lengths"), block.get("joint_limits")
+    if not isinstance(lengths, list) or not all(_is_number(v) for v in lengths):
+        raise ContractError("metadata field 'kinematics.link_lengths' must be a list of numbers")
+    if not isinstance(limits, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(_is_number(v) for v in pair) for pair in limits
+    ):
+        raise ContractError("metadata field 'kinematics.joint_limits' must be a list of [low, high] number pairs")
+    if output_dim is not None and len(lengths) != output_dim:
+        raise ContractError(
+            f"metadata field 'kinematics.link_lengths' has {len(lengths)} links, but the model outputs "
+            f"{output_dim} joint angle(s)"
+        )
+    try:
+        return PlanarArm(tuple(float(v) for v in lengths), tuple((float(a), float(b)) for a, b in limits))
+    except ValueError as exc:
+        raise ContractError(f"metadata field 'kinematics': {exc}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

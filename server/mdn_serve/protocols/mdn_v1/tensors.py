@@ -1,4 +1,4 @@
-"""mdn.v1 Tensor <-> numpy. The only place that reads or builds tensor messages."""
+"""mdn.v1 Tensor <-> numpy: the one place that reads or builds tensor messages (server and client)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,9 @@ from numpy.typing import NDArray
 
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve.errors import InvalidInput
+from mdn_serve.protocols.shapes import element_count
 
 _LE_FLOAT32 = np.dtype("<f4")
-
-
-def element_count(shape: list[int], what: str, max_elements: int) -> int:
-    """Values a claimed shape holds; InvalidInput for a negative dimension or more than a request can carry."""
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{what} {shape} has a negative dimension")
-    count = 1
-    for d in shape:
-        count *= d  # Python ints: no overflow, however large the claimed shape
-    if count > max_elements:
-        raise InvalidInput(f"{what} {shape} holds {count} values, more than a request can carry ({max_elements})")
-    return count
 
 
 def decode_tensor(tensor: pb.Tensor, field: str, max_elements: int) -> tuple[NDArray[np.float32], bool]:
@@ -58,8 +47,3 @@ def write_tensor(dest: pb.Tensor, array: NDArray[np.floating], raw: bool) -> Non
         dest.raw = data.tobytes()
     else:
         dest.values.extend(data.ravel().tolist())
-
-
-def require_inputs(present: bool, field: str = "inputs", what: str = "[batch, input_dim] tensor") -> None:
-    if not present:
-        raise InvalidInput(f"request has no {field}; set {field} to a {what}")

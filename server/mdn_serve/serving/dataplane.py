@@ -1,32 +1,28 @@
-"""The protocol-free core: validate inputs, then hand them to the model's dynamic batcher.
+"""The protocol-free core: validate a request, then hand it to the model's dynamic batcher.
 
-Protocol adapters decode their messages into numpy arrays, call `infer` and encode what
-comes back; nothing here sees a protobuf object.
+Protocol adapters decode their messages into numpy arrays and an `Ask` (what the request wants
+besides the mixture), call `infer` and encode what comes back; nothing here sees a protobuf
+object. Every protocol ends here, so validation, limits and metrics are the same for all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
+from mdn_core.ik import DEFAULT_TOLERANCE
 from numpy.typing import NDArray
 
-from mdn_serve.batching import BatchingConfig, DynamicBatcher, Outputs, SampleSpec
 from mdn_serve.errors import InvalidInput, LimitExceeded, ModelNotFound, Unavailable
-from mdn_serve.ik import DEFAULT_TOLERANCE, Solutions, solve
-from mdn_serve.kinematics import PlanarArm
 from mdn_serve.metrics import Metrics
-from mdn_serve.repository import ModelRepository
-from mdn_serve.runtime import ModelRuntime
+from mdn_serve.serving.batching import BatchingConfig, DynamicBatcher
+from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, IkSpec, Outputs, SampleSpec
+from mdn_serve.serving.repository import ModelRepository, ModelRuntime
 
-__all__ = ["Dataplane", "Limits", "Outputs", "SampleSpec"]
-
-T = TypeVar("T")
+__all__ = ["Ask", "Dataplane", "IkSpec", "Limits", "Outputs", "SampleSpec"]
 
 
 @dataclass(frozen=True)
@@ -125,51 +121,24 @@ class Dataplane:
                 f"{self.limits.max_samples} samples per request; ask for fewer"
             )
 
-    async def compute(self, fn: Callable[[], T]) -> T:
-        """Run CPU-heavy work (beyond one batch) on the compute threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    async def solve_ik(
-        self,
-        name: str,
-        version: str,
-        targets: NDArray[np.float32],
-        max_solutions: int,
-        refine: bool,
-        tolerance: float,
-        num_samples: int,
-        seed: int | None,
-        method: str = "Solve",
-        deadline: float | None = None,
-    ) -> tuple[ModelRuntime, Solutions]:
-        """Ranked, verified IK solutions for an arm model (see mdn_serve.ik)."""
-        runtime = self.resolve(name, version)
-        kinematics = runtime.metadata.kinematics
-        if kinematics is None:
-            raise InvalidInput(f"model {runtime.name!r} has no kinematics in its metadata; Solve needs an arm model")
-        arm = PlanarArm.from_metadata(kinematics)
-        if max_solutions < 0:
-            raise InvalidInput(f"max_solutions must be >= 0 (0 means all), got {max_solutions}")
-        if not (math.isfinite(tolerance) and tolerance >= 0):
+    def _check_ik(self, runtime: ModelRuntime, spec: IkSpec, rows: int) -> None:
+        if runtime.metadata.arm is None:
             raise InvalidInput(
-                f"tolerance must be a finite number >= 0 (0 means {DEFAULT_TOLERANCE:g}), got {tolerance}"
+                f"model {runtime.name!r} has no kinematics in its metadata; inverse kinematics needs an arm model"
             )
-        if num_samples < 0:
-            raise InvalidInput(f"num_samples must be >= 0, got {num_samples}")
-        if targets.ndim == 2 and targets.shape[0] * num_samples > self.limits.max_samples:
+        if spec.max_solutions < 0:
+            raise InvalidInput(f"max_solutions must be >= 0 (0 means all), got {spec.max_solutions}")
+        if not (math.isfinite(spec.tolerance) and spec.tolerance >= 0):
+            raise InvalidInput(
+                f"tolerance must be a finite number >= 0 (0 means {DEFAULT_TOLERANCE:g}), got {spec.tolerance}"
+            )
+        if spec.num_samples < 0:
+            raise InvalidInput(f"num_samples must be >= 0, got {spec.num_samples}")
+        if rows * spec.num_samples > self.limits.max_samples:
             raise LimitExceeded(
-                f"{targets.shape[0]} targets x {num_samples} samples is over this server's limit of "
+                f"{rows} targets x {spec.num_samples} samples is over this server's limit of "
                 f"{self.limits.max_samples} samples per request; ask for fewer"
             )
-        runtime, out = await self.infer(method, runtime.name, runtime.version, targets, deadline=deadline)
-        mix = out.mixture
-        x = np.ascontiguousarray(targets, dtype=np.float32)
-        tol = tolerance or DEFAULT_TOLERANCE
-
-        def work() -> Solutions:
-            return solve(arm, x, mix.weights, mix.means, mix.scales, max_solutions, refine, tol, num_samples, seed)
-
-        return runtime, await self.compute(work)
 
     async def infer(
         self,
@@ -177,23 +146,23 @@ class Dataplane:
         name: str,
         version: str,
         x: NDArray[np.float32],
-        sampling: SampleSpec | None = None,
-        max_modes: int | None = None,
+        ask: Ask = MIXTURE_ONLY,
         deadline: float | None = None,
     ) -> tuple[ModelRuntime, Outputs]:
-        """Mixture parameters for x, plus samples and/or modes when asked for.
+        """Mixture parameters for x, plus whatever `ask` wants (samples, modes, IK solutions).
 
-        Every protocol ends here, so validation, limits and metrics are the same for all.
         deadline is a time.monotonic() value after which the caller no longer waits.
         """
         runtime = self.resolve(name, version)
         x = self.check_inputs(runtime, x)
-        if sampling is not None:
-            self._check_sampling(sampling, x.shape[0])
-        if max_modes is not None and max_modes < 0:
-            raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {max_modes}")
+        if ask.sampling is not None:
+            self._check_sampling(ask.sampling, x.shape[0])
+        if ask.max_modes is not None and ask.max_modes < 0:
+            raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {ask.max_modes}")
+        if ask.ik is not None:
+            self._check_ik(runtime, ask.ik, x.shape[0])
         self.metrics.observer(self.metrics.rows, method, runtime.name)(x.shape[0])
         batcher = self._batchers.get((runtime.name, runtime.version))
         if batcher is None:  # unloaded by a reload since it was resolved
             raise ModelNotFound(f"model {runtime.name!r} version {runtime.version} was just unloaded; retry")
-        return runtime, await batcher.submit(x, sampling, max_modes, deadline)
+        return runtime, await batcher.submit(x, ask, deadline)

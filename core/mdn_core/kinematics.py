@@ -37,21 +37,12 @@ class PlanarArm:
         return float(sum(self.link_lengths))
 
     def to_metadata(self) -> dict[str, object]:
+        """The metadata's `kinematics` block; mdn_core.contract.parse_kinematics reads it back."""
         return {
             "type": "planar_serial",
             "link_lengths": list(self.link_lengths),
             "joint_limits": [list(limit) for limit in self.joint_limits],
         }
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, object]) -> PlanarArm:
-        if meta.get("type") != "planar_serial":
-            raise ValueError(f"unsupported kinematics type {meta.get('type')!r}")
-        lengths = meta["link_lengths"]
-        limits = meta["joint_limits"]
-        if not isinstance(lengths, list) or not isinstance(limits, list):
-            raise ValueError("kinematics needs lists 'link_lengths' and 'joint_limits'")
-        return cls(tuple(float(v) for v in lengths), tuple((float(a), float(b)) for a, b in limits))
 
     def forward(self, angles: FloatArray) -> FloatArray:
         """End-effector positions (..., 2) of joint angles (..., J)."""

@@ -17,7 +17,8 @@ from numpy.typing import NDArray
 
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
-from mdn_serve.codec import decode_tensor, encode_tensor
+from mdn_serve.protocols.mdn_v1.tensors import decode_tensor, encode_tensor
+from mdn_serve.tools.channel import ChannelConfig, read_token
 
 Array = NDArray[np.float32]
 _NO_LIMIT = 1 << 62
@@ -84,24 +85,21 @@ class MdnClient:
         client_key: str | None = None,
         token: str | None = None,
     ) -> None:
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        if tls or ca_cert or client_cert:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
-                private_key=Path(client_key).read_bytes() if client_key else None,
-                certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
-            )
-            self.channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
+        self.config = ChannelConfig(
+            target,
+            tls=tls,
+            ca_cert=ca_cert or "",
+            client_cert=client_cert or "",
+            client_key=client_key or "",
+            token=token or "",
+            max_message_bytes=max_message_bytes,
+        )
+        self.channel = self.config.open()
         self.stub = pb_grpc.MixtureDensityServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.ik_stub = pb_grpc.InverseKinematicsServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
         self.raw = raw
-        self._metadata = [("authorization", f"Bearer {token}")] if token else None
+        self._metadata = self.config.metadata()
 
     def close(self) -> None:
         self.channel.close()
@@ -366,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    token = read_token(args.token_file)
     with MdnClient(
         args.target,
         timeout=args.timeout,

@@ -1,0 +1,67 @@
+"""mdn.v1 over gRPC: MixtureDensityService and InverseKinematicsService, thin handlers over the Dataplane."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import grpc
+
+from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
+from mdn_serve.protocols.mdn_v1 import codec
+from mdn_serve.protocols.rpc import deadline_of, handler
+from mdn_serve.serving.dataplane import Dataplane
+
+PROTOCOL = "mdn.v1"
+
+
+class _Base:
+    protocol: ClassVar[str] = PROTOCOL
+
+    def model_of(self, request: Any) -> str:
+        return codec.model_name(request)
+
+    def __init__(self, dataplane: Dataplane, max_elements: int) -> None:
+        self.dataplane = dataplane
+        self.max_elements = max_elements
+
+
+class MdnServicer(_Base):
+    @handler("ListModels")
+    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        repo = self.dataplane.models()
+        return codec.list_models((e.latest, e.version_list) for _, e in sorted(repo.models.items()))
+
+    @handler("GetModel")
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        runtime = self.dataplane.resolve(request.model.name, request.model.version)
+        return codec.model_info(runtime, self.dataplane.models().entry(runtime.name).version_list)
+
+    @handler("Predict")
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+        x, raw = codec.decode_inputs(request, self.max_elements)
+        ref = request.model
+        runtime, out = await self.dataplane.infer("Predict", ref.name, ref.version, x, deadline=deadline_of(context))
+        return codec.predict_response(runtime, out, raw)
+
+    @handler("Sample")
+    async def Sample(self, request: pb.SampleRequest, context: grpc.aio.ServicerContext) -> pb.SampleResponse:
+        x, raw = codec.decode_inputs(request, self.max_elements)
+        ask, ref = codec.sample_ask(request), request.model
+        runtime, out = await self.dataplane.infer("Sample", ref.name, ref.version, x, ask, deadline_of(context))
+        return codec.sample_response(runtime, out, raw)
+
+    @handler("Modes")
+    async def Modes(self, request: pb.ModesRequest, context: grpc.aio.ServicerContext) -> pb.ModesResponse:
+        x, raw = codec.decode_inputs(request, self.max_elements)
+        ask, ref = codec.modes_ask(request), request.model
+        runtime, out = await self.dataplane.infer("Modes", ref.name, ref.version, x, ask, deadline_of(context))
+        return codec.modes_response(runtime, out, raw)
+
+
+class IkServicer(_Base):
+    @handler("Solve")
+    async def Solve(self, request: pb.SolveRequest, context: grpc.aio.ServicerContext) -> pb.SolveResponse:
+        targets, raw = codec.decode_targets(request, self.max_elements)
+        ask, ref = codec.solve_ask(request), request.model
+        runtime, out = await self.dataplane.infer("Solve", ref.name, ref.version, targets, ask, deadline_of(context))
+        return codec.solve_response(runtime, out, raw)

@@ -1,0 +1,73 @@
+"""The Open Inference Protocol (KServe v2, `inference.GRPCInferenceService`): thin handlers over the Dataplane."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import grpc
+
+from mdn_serve._proto.inference import grpc_service_pb2 as pb
+from mdn_serve.errors import ModelNotFound, Unavailable
+from mdn_serve.protocols.oip import codec
+from mdn_serve.protocols.rpc import deadline_of, handler
+from mdn_serve.serving.dataplane import Dataplane
+
+PROTOCOL = "oip"
+
+
+class OipServicer:
+    protocol: ClassVar[str] = PROTOCOL
+
+    def model_of(self, request: Any) -> str:
+        return codec.model_name(request)
+
+    def __init__(self, dataplane: Dataplane, max_elements: int) -> None:
+        self.dataplane = dataplane
+        self.max_elements = max_elements
+
+    @handler("ServerLive")
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @handler("ServerReady")
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    @handler("ModelReady")
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            self.dataplane.resolve(request.name, request.version)
+        except (ModelNotFound, Unavailable):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @handler("ServerMetadata")
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return codec.server_metadata()
+
+    @handler("ModelMetadata")
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        runtime = self.dataplane.resolve(request.name, request.version)
+        return codec.model_metadata(runtime, self.dataplane.models().entry(runtime.name).version_list)
+
+    @handler("ModelInfer")
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        runtime = self.dataplane.resolve(request.model_name, request.model_version)  # NOT_FOUND before input errors
+        x, raw = codec.decode_input(request, self.max_elements)
+        names, ask = codec.plan(request)
+        runtime, out = await self.dataplane.infer(
+            "ModelInfer", runtime.name, runtime.version, x, ask, deadline_of(context)
+        )
+        return codec.infer_response(request, runtime, names, out, raw)

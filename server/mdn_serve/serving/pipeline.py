@@ -1,0 +1,148 @@
+"""One inference pipeline: what a request asks for, and the one stage that computes it.
+
+A request says what it wants (an `Ask`: samples, modes, inverse kinematics, each with its
+options; the mixture parameters always come). The batcher merges the inputs of many requests
+into one ONNX Runtime call; `postprocess` then computes everything the batch asked for from
+that call's mixture: one sampling pass per (N, temperature), one mode search over every row
+whose request wants modes or IK, and the IK refinement seeded from those same modes. So one
+request costs one ONNX Runtime call and at most one mode search, whatever mix it asks for.
+
+Every row is computed independently and each request draws from its own generator, so the
+answers do not depend on which requests shared a batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from mdn_core.ik import DEFAULT_REFINE, DEFAULT_TOLERANCE, Solutions, solve
+from mdn_core.kinematics import PlanarArm
+from mdn_core.mixture import Modes, mixture_modes, sample_draws, samples_from_draws
+from mdn_core.model import Mixture
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSpec:
+    num_samples: int
+    seed: int | None = None  # None draws fresh entropy
+    temperature: float = 0.0  # 0 means 1.0
+
+    @property
+    def tau(self) -> float:
+        return 1.0 if self.temperature == 0 else float(self.temperature)
+
+
+@dataclass(frozen=True, slots=True)
+class IkSpec:
+    max_solutions: int = 0  # 0: all
+    refine: bool = DEFAULT_REFINE
+    tolerance: float = 0.0  # 0: DEFAULT_TOLERANCE
+    num_samples: int = 0  # extra seeds drawn from the mixture per target
+    seed: int | None = None
+
+    @property
+    def tol(self) -> float:
+        return self.tolerance or DEFAULT_TOLERANCE
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What one request wants besides the mixture parameters."""
+
+    sampling: SampleSpec | None = None
+    max_modes: int | None = None  # None: no modes; 0: all of them
+    ik: IkSpec | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Mixture parameters only: nothing to compute after ONNX Runtime."""
+        return self.sampling is None and self.max_modes is None and self.ik is None
+
+
+MIXTURE_ONLY = Ask()
+
+
+class Outputs(NamedTuple):  # a tuple: built for every request, so it must be cheap
+    mixture: Mixture
+    samples: NDArray[np.float32] | None  # (B, N, D) when sampling was asked for
+    modes: Modes | None  # when modes were asked for
+    solutions: Solutions | None  # when inverse kinematics was asked for
+
+
+def split_plain(mix: Mixture, bounds: Sequence[int]) -> list[Outputs]:
+    """Each request's rows of the mixture, for a batch that asked for nothing more."""
+    return [Outputs(mix.rows(a, b), None, None, None) for a, b in itertools.pairwise(bounds)]
+
+
+def postprocess(
+    asks: Sequence[Ask], bounds: Sequence[int], x: NDArray[np.float32], mix: Mixture, arm: PlanarArm | None
+) -> list[Outputs]:
+    """Samples, modes and IK solutions for every request of a batch, split per request.
+
+    asks[i] covers rows bounds[i]:bounds[i + 1] of x (the stacked inputs) and of mix.
+    """
+    samples = _samples(asks, bounds, mix)
+    modes = _modes(asks, bounds, mix)
+    out = []
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        ask, found = asks[i], modes.get(i)
+        solutions = None
+        if ask.ik is not None:
+            assert arm is not None and found is not None  # the dataplane admits IK for arm models only
+            spec, part = ask.ik, mix.rows(a, b)
+            solutions = solve(
+                arm, x[a:b], *part, spec.max_solutions, spec.refine, spec.tol, spec.num_samples, spec.seed, found
+            )
+        shown = None
+        if ask.max_modes is not None and found is not None:
+            shown = found.take(0, b - a, ask.max_modes) if ask.max_modes else found
+        out.append(Outputs(mix.rows(a, b), samples.get(i), shown, solutions))
+    return out
+
+
+def _samples(asks: Sequence[Ask], bounds: Sequence[int], mix: Mixture) -> dict[int, NDArray[np.float32]]:
+    """Sample every request that asked, vectorised over requests that share (N, temperature)."""
+    groups: dict[tuple[int, float], list[int]] = collections.defaultdict(list)
+    for i, ask in enumerate(asks):
+        if ask.sampling is not None:
+            groups[(ask.sampling.num_samples, ask.sampling.tau)].append(i)
+    out: dict[int, NDArray[np.float32]] = {}
+    dim = mix.means.shape[-1]
+    for (num, tau), members in groups.items():
+        rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
+        draws = []
+        for i in members:
+            spec = asks[i].sampling
+            assert spec is not None
+            draws.append(sample_draws(np.random.default_rng(spec.seed), bounds[i + 1] - bounds[i], num, dim))
+        uniforms = np.concatenate([u for u, _ in draws])
+        normals = np.concatenate([z for _, z in draws])
+        drawn = samples_from_draws(mix.weights[rows], mix.means[rows], mix.scales[rows], uniforms, normals, tau)
+        offset = 0
+        for i in members:
+            n = bounds[i + 1] - bounds[i]
+            out[i] = drawn[offset : offset + n]
+            offset += n
+    return out
+
+
+def _modes(asks: Sequence[Ask], bounds: Sequence[int], mix: Mixture) -> dict[int, Modes]:
+    """One mode search over the rows of every request that wants modes or IK; all modes, per request."""
+    members = [i for i, ask in enumerate(asks) if ask.max_modes is not None or ask.ik is not None]
+    if not members:
+        return {}
+    rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
+    found = mixture_modes(mix.weights[rows], mix.means[rows], mix.scales[rows])
+    out: dict[int, Modes] = {}
+    offset = 0
+    for i in members:
+        n = bounds[i + 1] - bounds[i]
+        out[i] = found.take(offset, offset + n)
+        offset += n
+    return out

@@ -1,0 +1,5 @@
+import sys
+
+from mdn_serve.tools.bench.cli import main
+
+sys.exit(main())

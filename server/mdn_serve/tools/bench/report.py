@@ -1,0 +1,124 @@
+"""The benchmark's targets, its Markdown report and its latency-against-throughput plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _find(results: list[dict[str, Any]], rpc: str, batch: int, concurrency: int) -> dict[str, Any] | None:
+    for entry in results:
+        p = entry["point"]
+        if (p["rpc"], p["batch"], p["concurrency"]) == (rpc, batch, concurrency):
+            return entry
+    return None
+
+
+def targets(
+    results: list[dict[str, Any]], tuned: list[dict[str, Any]], start_seconds: float, rss_mb: float
+) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, op: str, bound: float) -> None:
+        met = value is not None and (value >= bound if op == ">=" else value <= bound)
+        checks.append({"target": name, "value": value, "bound": f"{op} {bound}", "met": met})
+
+    for entries, flags in ((results, "default flags"), (tuned, "with the queue delay")):
+        found = _find(entries, "predict", 1, 32)
+        if found is not None:
+            runs = len(found["repeat_ratios"])
+            name = f"Predict batch 1, 32 clients: requests/s vs the no-op server ({flags}, median of {runs})"
+            check(name, found["vs_noop_requests"], ">=", 0.8)
+    best_1024 = [
+        e["vs_ort_rows_1_thread"] for e in results if e["point"]["rpc"] == "predict" and e["point"]["batch"] == 1024
+    ]
+    check("Predict batch 1024: rows/s vs in-process ONNX Runtime (1 thread)", max(best_1024, default=None), ">=", 0.6)
+    modes, predict = _find(results, "modes", 1024, 1), _find(results, "predict", 1024, 1)
+    ratio = modes["ours"]["latency_ms"]["p50"] / predict["ours"]["latency_ms"]["p50"] if modes and predict else None
+    check("Modes batch 1024: p50 latency vs Predict batch 1024 (1 client)", ratio, "<=", 3.0)
+    check("server RSS with the models loaded, MB", rss_mb, "<=", 200.0)
+    check("start to SERVING, seconds", start_seconds, "<=", 2.0)
+    return checks
+
+
+def _table(entries: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| load | ours req/s | ours rows/s | p50 | p99 | no-op req/s | vs no-op | ORT rows/s, 1 thread | vs ORT "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        o, n = e["ours"], e["noop"]
+        ort_rows = e.get("ort_rows_per_second_1_thread")
+        ort_text = f"{ort_rows:.0f} | {e['vs_ort_rows_1_thread']:.2f}" if ort_rows else "- | -"
+        errors = sum(v for k, v in o["codes"].items() if k != "OK")
+        ratios = e["repeat_ratios"]
+        vs_noop = f"{e['vs_noop_requests']:.2f}" + (
+            f" ({', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+        )
+        lines.append(
+            f"| {e['label']} | {o['requests_per_second']:.0f} | {o['rows_per_second']:.0f} | "
+            f"{o['latency_ms'].get('p50', 0):.2f} | {o['latency_ms'].get('p99', 0):.2f} | "
+            f"{n['requests_per_second']:.0f} | {vs_noop} | {ort_text} | {errors} |"
+        )
+    return lines
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "# mdn-serve benchmark",
+        "",
+        f"Model `{report['model']}`, {report['seconds_per_point']:g} s per point after a warm-up, "
+        f"{m['cpus']} CPUs, {m['platform']}, Python {m['python']}, ONNX Runtime {m['onnxruntime']}, "
+        f"device {m['device']}. Server flags: `{' '.join(report['server_args'])}`. "
+        f"Server and load generator share the machine ({report['placement']}); each point runs our server, "
+        "then the no-op server "
+        f"right after it. Predict batch 1 with 32 clients is measured {report['repeats']} times (the median "
+        "ratio is shown). Latency in ms.",
+        "",
+        *_table(report["results"]),
+    ]
+    if report["tuned_results"]:
+        lines += [
+            "",
+            f"The same server with `{' '.join(report['tuned_server_args'])}`:",
+            "",
+            *_table(report["tuned_results"]),
+        ]
+    lines += ["", "| target | value | bound | met |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
+        lines.append(f"| {t['target']} | {value} | {t['bound']} | {'yes' if t['met'] else 'no'} |")
+    lines += [
+        "",
+        f"Start to SERVING: {report['start_to_serving_seconds']:.2f} s. RSS after start: "
+        f"{report['rss_mb_after_start']:.0f} MB, after the load: {report['rss_mb_after_load']:.0f} MB.",
+        "",
+        "![latency against throughput](latency_vs_throughput.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for who, marker in (("ours", "o"), ("noop", "x")):
+        for rpc, color in (("predict", "C0"), ("sample", "C1"), ("modes", "C2")):
+            pts = [e for e in report["results"] if e["point"]["rpc"] == rpc]
+            if not pts:
+                continue
+            xs = [e[who]["rows_per_second"] for e in pts]
+            ys = [e[who]["latency_ms"].get("p99", np.nan) for e in pts]
+            ax.scatter(xs, ys, marker=marker, color=color, label=f"{'mdn-serve' if who == 'ours' else 'no-op'} {rpc}")
+    ax.set(xscale="log", yscale="log", xlabel="rows/s", ylabel="p99 latency (ms)", title="Latency against throughput")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
