@@ -19,7 +19,7 @@ from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import serve_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -127,8 +127,8 @@ def test_container_healthcheck_reports_serving(server, capsys):
 
 
 def test_round_robin_spreads_requests_over_several_servers(trained, tmp_path):
-    """Scale-out in miniature: three server processes, one round-robin channel, every process busy."""
-    servers = [start_server(tmp_path / f"log{i}", "--model-repository", str(trained["models"])) for i in range(3)]
+    """Scale-out in miniature: three servers, one round-robin channel, every server busy."""
+    servers = [serve_in_process("--model-repository", str(trained["models"])) for i in range(3)]
     try:
         target = "ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
         options = [("grpc.lb_policy_name", "round_robin")]
@@ -149,4 +149,4 @@ def test_round_robin_spreads_requests_over_several_servers(trained, tmp_path):
         assert sum(counts) == 60 and min(counts) >= 10, counts
     finally:
         for s in servers:
-            assert stop_server(s) == 0
+            s.stop()

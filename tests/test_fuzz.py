@@ -192,4 +192,4 @@ def test_the_server_is_still_serving_after_the_fuzzing(server, channel):
     assert call(channel, "/mdn.v1.MixtureDensityService/Predict", ok.SerializeToString(), "good request after") == (
         grpc.StatusCode.OK
     )
-    assert server.process.poll() is None
+    assert server.alive()

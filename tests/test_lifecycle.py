@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
-from mdn_serve.app import create_server
+from mdn_serve.app import create_server, run
 from mdn_serve.config import Settings, compute_threads, parse_settings
 from mdn_serve.metrics import Metrics
 from mdn_serve.serving import repository as repository_module
@@ -39,6 +39,14 @@ def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def start_up_error(caplog, *args: str) -> tuple[int, str]:
+    """Run a server that cannot start in this process, as `mdn-serve` would: its exit code and log."""
+    settings = parse_settings(["--port", "0", "--metrics-port", "-1", *args], {})
+    with caplog.at_level(logging.ERROR, logger="mdn_serve"):
+        code = run(settings)
+    return code, caplog.text
 
 
 def copy_model(trained, tmp_path, name="two_link_arm"):
@@ -64,7 +72,7 @@ def test_a_repository_without_models_is_a_clear_start_up_error(tmp_path):
         ("empty_version", "no model.onnx in this version folder"),
     ],
 )
-def test_a_bad_model_stops_start_up_naming_the_file(trained, tmp_path, breakage, message):
+def test_a_bad_model_stops_start_up_naming_the_file(trained, tmp_path, caplog, breakage, message):
     repo = copy_model(trained, tmp_path)
     path = repo / "two_link_arm" / "1" / "model.onnx"
     if breakage == "corrupt":
@@ -81,20 +89,20 @@ def test_a_bad_model_stops_start_up_naming_the_file(trained, tmp_path, breakage,
         (repo / "two_link_arm" / "latest").mkdir()
     else:
         (repo / "two_link_arm" / "2").mkdir()
-    result = serve_cli("--model-repository", str(repo))
-    assert result.returncode == 1, result.stderr
-    assert message in result.stderr and "two_link_arm" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, text = start_up_error(caplog, "--model-repository", str(repo))
+    assert code == 1, text
+    assert message in text and "two_link_arm" in text
+    assert "Traceback" not in text
 
 
-def test_cuda_device_without_cuda_is_a_clear_start_up_error(trained, tmp_path):
+def test_cuda_device_without_cuda_is_a_clear_start_up_error(trained, caplog):
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA; the GPU run covers --device cuda")
-    result = serve_cli("--model-repository", str(trained["models"]), "--device", "cuda")
-    assert result.returncode == 1
-    assert "--device cuda needs ONNX Runtime's CUDAExecutionProvider" in result.stderr
+    code, text = start_up_error(caplog, "--model-repository", str(trained["models"]), "--device", "cuda")
+    assert code == 1
+    assert "--device cuda needs ONNX Runtime's CUDAExecutionProvider" in text
 
 
 def test_sigterm_drains_and_exits_cleanly(trained, tmp_path):

@@ -64,7 +64,7 @@ def test_a_real_prometheus_scrapes_the_server_and_the_dashboard_queries_answer(s
     rules = (PROMETHEUS_DIR / "alerts.yml").read_text()
     (tmp_path / "alerts.yml").write_text(rules)
     config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "global: {scrape_interval: 500ms, evaluation_interval: 500ms}\n"
         "rule_files: [alerts.yml]\n"
         "scrape_configs:\n"
         f"  - job_name: mdn-serve\n    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}']}}]\n"
@@ -87,9 +87,9 @@ def test_a_real_prometheus_scrapes_the_server_and_the_dashboard_queries_answer(s
             time.sleep(0.2)
         # Traffic, with some bad requests among it (batch 100 is over the test server's 64 rows).
         for args in (["--batch", "4"], ["--batch", "100"], ["--rpc", "modes", "--batch", "8"]):
-            assert loadtest.main(["--target", server.target, "--duration", "1.5", "--warmup", "0", "--quiet",
+            assert loadtest.main(["--target", server.target, "--duration", "0.75", "--warmup", "0", "--quiet",
                                   "--concurrency", "4", *args]) == 0  # fmt: skip
-        time.sleep(3)  # a few scrapes and rule evaluations
+        time.sleep(1.5)  # a few scrapes and rule evaluations
         assert float(query(port, 'up{job="mdn-serve"}')[0]["value"][1]) == 1
         p99 = query(port, 'histogram_quantile(0.99, sum by (le) (rate(mdn_request_duration_seconds_bucket'
                           '{method="Predict",code="OK"}[30s])))')  # fmt: skip

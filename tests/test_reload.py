@@ -14,7 +14,7 @@ import pytest
 from mdn_serve.tools.client import MdnClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import serve_in_process, start_server, stop_server
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:
@@ -105,11 +105,11 @@ def test_sighup_swaps_versions_under_load_and_refuses_bad_files(trained, tmp_pat
 def test_polling_picks_up_new_versions_without_a_signal(trained, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(trained["models"] / "two_link_arm", repo / "two_link_arm")
-    proc = start_server(tmp_path / "log", "--model-repository", str(repo), "--poll-seconds", "0.2")
+    proc = serve_in_process("--model-repository", str(repo), "--poll-seconds", "0.2")
     try:
         with MdnClient(proc.target, timeout=10) as client:
             shutil.copytree(repo / "two_link_arm" / "1", repo / "two_link_arm" / "7")
             wait_for(lambda: client.get_model("two_link_arm").version == "7")
             assert client.predict("two_link_arm", [[0.6, 0.6]]).version == "7"
     finally:
-        assert stop_server(proc) == 0
+        proc.stop()

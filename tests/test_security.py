@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mdn_serve.tools import loadtest
 from mdn_serve.tools.client import MdnClient
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import serve_in_process
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -50,7 +50,7 @@ def refused(client: MdnClient) -> grpc.StatusCode:
 
 
 def test_tls_serves_clients_that_trust_the_ca_and_keeps_a_plaintext_health_port(trained, tmp_path, pki):
-    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--tls-cert",
+    proc = serve_in_process("--model-repository", str(trained["models"]), "--tls-cert",
                         pki["server_cert"], "--tls-key", pki["server_key"], "--health-port", "0")  # fmt: skip
     try:
         assert "(gRPC, TLS)" in proc.log()
@@ -63,11 +63,11 @@ def test_tls_serves_clients_that_trust_the_ca_and_keeps_a_plaintext_health_port(
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING
     finally:
-        assert stop_server(proc) == 0
+        proc.stop()
 
 
 def test_mutual_tls_refuses_clients_without_a_trusted_certificate(trained, tmp_path, pki):
-    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--tls-cert",
+    proc = serve_in_process("--model-repository", str(trained["models"]), "--tls-cert",
                         pki["server_cert"], "--tls-key", pki["server_key"], "--tls-client-ca", pki["ca"])  # fmt: skip
     try:
         assert "(gRPC, mutual TLS)" in proc.log()
@@ -86,11 +86,11 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(trained, tmp_p
         result = json.loads(out.read_text())
         assert result["requests"] > 0 and set(result["codes"]) == {"OK"}
     finally:
-        assert stop_server(proc) == 0
+        proc.stop()
 
 
 def test_bearer_token_is_required_except_for_health_and_never_logged(trained, tmp_path, pki):
-    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--auth-token-file",
+    proc = serve_in_process("--model-repository", str(trained["models"]), "--auth-token-file",
                         pki["token"], "--disable-reflection")  # fmt: skip
     try:
         with MdnClient(proc.target, token=TOKEN, timeout=10) as client:
@@ -115,7 +115,7 @@ def test_bearer_token_is_required_except_for_health_and_never_logged(trained, tm
                               "--token-file", pki["token"], "--json", str(out)]) == 0  # fmt: skip
         assert set(json.loads(out.read_text())["codes"]) == {"OK"}
     finally:
-        assert stop_server(proc) == 0
+        proc.stop()
     assert TOKEN not in proc.log() and "bearer token required" in proc.log()
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from mdn_core.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, parse_metadata
+from mdn_core.model import load_model
 from mdn_train import export, train
 from mdn_train.export import restore_models
 
@@ -19,8 +20,8 @@ from tests.conftest import SMALL
 
 
 def session_outputs(path, x):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    """The exported file as the server opens it: contract and metadata checked, then run."""
+    return load_model(path).run(x)
 
 
 @pytest.mark.parametrize("name", ["inverse_sine", "two_link_arm"])
@@ -170,14 +171,25 @@ def run_cli(*args: str, cwd) -> subprocess.CompletedProcess[str]:
         (["mdn_train.export", "--name", "ghost"], "no checkpoint"),
     ],
 )
-def test_cli_errors_are_clear_and_write_nothing(tmp_path, args, message):
+def test_cli_errors_are_clear_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
+    """In this process (an unexpected exception would fail the test); the console script is below."""
     (tmp_path / "d.csv").write_text("a,b\n1,2\n3,x\n")
     (tmp_path / "empty.csv").write_text("")
-    result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = importlib.import_module(args[0]).main(args[1:])
+    except SystemExit as exc:
+        code = exc.code
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert message in stderr
     assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_console_script_reports_an_error_without_a_traceback(tmp_path):
+    result = run_cli("mdn_train.train", "--dataset", "nope", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown dataset 'nope'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
 def test_arm_reports_carry_the_served_ik_path(trained):

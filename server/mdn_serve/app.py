@@ -64,6 +64,7 @@ class MdnServer:
         self.health_server: grpc.aio.Server | None = None
         self._providers: list[str] = []
         self._reload_lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
         self.health_port: int | None = None
         # Every adapter's services, in one loop: what is registered is what health and reflection list.
         elements = size // 4
@@ -135,6 +136,17 @@ class MdnServer:
         for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING %d model(s) on %s:%d", len(repository.models), s.host, self.port)
+        if s.poll_seconds > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(s.poll_seconds))
+
+    async def _poll(self, seconds: float) -> None:
+        """--poll-seconds: look for new, changed and removed versions this often."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("reload failed")
 
     async def reload(self) -> None:
         """Pick up new, changed and removed versions; each new file is loaded and warmed first."""
@@ -161,6 +173,8 @@ class MdnServer:
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         """NOT_SERVING first, keep serving for drain_delay (so load balancers notice), then stop
         taking calls (new ones get UNAVAILABLE) and let in-flight ones finish within grace."""
+        if self._poller is not None:
+            self._poller.cancel()
         await self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             log.info("draining: NOT_SERVING, still answering for %.1f s", drain_delay)
@@ -212,25 +226,13 @@ async def serve(settings: Settings, on_serving: Callable[[MdnServer], None] | No
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_soon)
-    poller = loop.create_task(_poll(server, settings.poll_seconds)) if settings.poll_seconds > 0 else None
     await stopping.wait()
-    if poller is not None:
-        poller.cancel()
     log.info(
         "shutting down: drain %.1f s, then finish in-flight requests (grace %.1f s)",
         settings.drain_delay_seconds,
         settings.grace_seconds,
     )
     await server.stop(drain_delay=settings.drain_delay_seconds)
-
-
-async def _poll(server: MdnServer, seconds: float) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await server.reload()
-        except Exception:
-            log.exception("reload failed")
 
 
 def run(settings: Settings, on_serving: Callable[[MdnServer], None] | None = None) -> int:

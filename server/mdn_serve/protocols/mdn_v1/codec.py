@@ -60,6 +60,8 @@ def solve_ask(request: pb.SolveRequest) -> Ask:
     )
 
 
+SERVICES = pb.DESCRIPTOR.services_by_name
+
 _REFS: dict[tuple[str, str], pb.ModelRef] = {}
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import grpc
 
-from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve.protocols.mdn_v1 import codec
 from mdn_serve.protocols.rpc import deadline_of, handler
 from mdn_serve.serving.dataplane import Dataplane
+
+if TYPE_CHECKING:  # annotations only: building and reading messages is the codec's job
+    from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 
 PROTOCOL = "mdn.v1"
 

@@ -23,6 +23,7 @@ from mdn_serve.protocols.shapes import element_count
 from mdn_serve.serving.dataplane import Ask, IkSpec, Outputs, SampleSpec
 from mdn_serve.serving.repository import ModelRuntime
 
+SERVICES = pb.DESCRIPTOR.services_by_name
 PLATFORM = "onnx_onnxv1"
 SERVER_NAME = "mdn-serve"
 EXTENSIONS = ["parameters"]
@@ -95,6 +96,18 @@ def model_metadata(runtime: ModelRuntime, versions: list[str]) -> pb.ModelMetada
         inputs=[meta(name=INPUT_NAME, datatype="FP32", shape=[-1, m.input_dim])],
         outputs=[meta(name=n, datatype=OUTPUTS[n].datatype, shape=OUTPUTS[n].shape(m)) for n in outputs_of(m)],
     )
+
+
+def server_live() -> pb.ServerLiveResponse:
+    return pb.ServerLiveResponse(live=True)
+
+
+def server_ready(ready: bool) -> pb.ServerReadyResponse:
+    return pb.ServerReadyResponse(ready=ready)
+
+
+def model_ready(ready: bool) -> pb.ModelReadyResponse:
+    return pb.ModelReadyResponse(ready=ready)
 
 
 def server_metadata() -> pb.ServerMetadataResponse:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import grpc
 
-from mdn_serve._proto.inference import grpc_service_pb2 as pb
 from mdn_serve.errors import ModelNotFound, Unavailable
 from mdn_serve.protocols.oip import codec
 from mdn_serve.protocols.rpc import deadline_of, handler
 from mdn_serve.serving.dataplane import Dataplane
+
+if TYPE_CHECKING:  # annotations only: building and reading messages is the codec's job
+    from mdn_serve._proto.inference import grpc_service_pb2 as pb
 
 PROTOCOL = "oip"
 
@@ -29,13 +31,13 @@ class OipServicer:
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+        return codec.server_live()
 
     @handler("ServerReady")
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+        return codec.server_ready(self.dataplane.ready)
 
     @handler("ModelReady")
     async def ModelReady(
@@ -44,8 +46,8 @@ class OipServicer:
         try:
             self.dataplane.resolve(request.name, request.version)
         except (ModelNotFound, Unavailable):
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+            return codec.model_ready(False)
+        return codec.model_ready(True)
 
     @handler("ServerMetadata")
     async def ServerMetadata(
