@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mdn_core.model import LoadedModel
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from mdn_serve.app import create_server, run
@@ -201,7 +202,7 @@ def test_an_unexpected_failure_is_internal_with_a_generic_message(trained, monke
     def broken_run(self, x):
         raise RuntimeError("secret detail of a bug")
 
-    monkeypatch.setattr(ModelRuntime, "run", broken_run)
+    monkeypatch.setattr(LoadedModel, "run", broken_run)
 
     async def scenario(server, started):
         await started

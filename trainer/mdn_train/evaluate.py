@@ -12,13 +12,12 @@ import numpy as np
 from mdn_core.ik import solve
 from mdn_core.kinematics import PlanarArm
 from mdn_core.mixture import log_density, mixture_modes
-from mdn_core.model import load_graph
+from mdn_core.model import Mixture, load_graph
 from numpy.typing import NDArray
 
 from mdn_train.data import INVERSE_SINE_NOISE, Dataset, inverse_sine_forward
 
-Mixture = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
-Predictor = Callable[[NDArray[np.float32]], Mixture]
+Predictor = Callable[[NDArray[np.float32]], Mixture]  # x (B, in_dim) -> the mixture
 Baseline = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 BRANCH_TOLERANCE = 0.05  # rad: a mode this close (Euclidean, joint space) covers an analytic branch
@@ -32,8 +31,7 @@ class OnnxMixture:
         self.chunk = chunk
 
     def __call__(self, x: NDArray[np.float32]) -> Mixture:
-        w, m, s = self.model.run_chunked(x, self.chunk)
-        return w, m, s
+        return self.model.run_chunked(x, self.chunk)
 
 
 def gaussian_nll(pred: NDArray[np.floating], targets: NDArray[np.floating], std: NDArray[np.floating]) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,7 @@ from mdn_core.mixture import log_density, mixture_modes
 from numpy.typing import NDArray
 
 from mdn_train.data import Dataset
-
-Mixture = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
-Predictor = Callable[[NDArray[np.float32]], Mixture]
-Baseline = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+from mdn_train.evaluate import Baseline, Predictor
 
 
 def make_plots(out_dir: Path, test: Dataset, predict: Predictor, baseline: Baseline) -> list[Path]:

@@ -158,7 +158,7 @@ class DynamicBatcher:
             batch, x = _finite(self._take_batch())
             if not batch:
                 continue
-            plain = all(r.ask.plain for r in batch)
+            plain = all(r.ask is MIXTURE_ONLY or r.ask.plain for r in batch)
             if plain and x.shape[0] <= self.config.inline_rows:
                 # Mixture parameters for a few rows: microseconds of ONNX Runtime and no mixture
                 # math, so a thread hand-off would cost more than the work.
@@ -242,7 +242,7 @@ class DynamicBatcher:
         plain: no request asks for more than the mixture parameters.
         """
         start = time.perf_counter()
-        mix = self.runtime.run(x)
+        mix = self.runtime.model.run(x)
         self._compute_seconds(time.perf_counter() - start)
         self._executions(1)
         self._inferences(len(batch))

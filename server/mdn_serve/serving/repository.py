@@ -79,7 +79,7 @@ class ModelRuntime:
         return self.metadata.components
 
     def run(self, x: NDArray[np.float32]) -> Mixture:
-        """Mixture parameters for x (B, in_dim) float32, C-contiguous."""
+        """Mixture parameters for x (B, in_dim) float32, C-contiguous (the batcher calls model.run itself)."""
         return self.model.run(x)
 
     def warm_up(self) -> None:
