@@ -39,11 +39,14 @@ def infer_request(x=X, raw=True, outputs=(), params=None, datatype="FP32", model
 
 
 def as_arrays(response) -> dict[str, np.ndarray]:
+    """Every output, raw or typed; BYTES (typed only) as str."""
     out = {}
     for i, tensor in enumerate(response.outputs):
         if response.raw_output_contents:
             dtype = "<i4" if tensor.datatype == "INT32" else "<f4"
             array = np.frombuffer(response.raw_output_contents[i], dtype)
+        elif tensor.datatype == "BYTES":
+            array = np.array([b.decode() for b in tensor.contents.bytes_contents], dtype=object)
         elif tensor.datatype == "INT32":
             array = np.array(tensor.contents.int_contents, np.int32)
         else:

@@ -23,7 +23,7 @@ from mdn_serve.serving.repository import ModelRepository
 from mdn_serve.tools.client import MdnClient
 
 from tests.conftest import serve_in_process
-from tests.test_oip import ARM, X, infer_request
+from tests.test_oip import ARM, X, as_arrays, infer_request
 from tests.test_server import sample_value, scrape
 
 FAMILIES = {
@@ -42,20 +42,6 @@ def params() -> dict[str, oip.InferParameter]:
         "seed": oip.InferParameter(int64_param=SEED),
         "max_modes": oip.InferParameter(int64_param=0),
     }
-
-
-def decode(response: oip.ModelInferResponse) -> dict[str, np.ndarray]:
-    """Every output of a typed (not raw) response, BYTES as str."""
-    out: dict[str, np.ndarray] = {}
-    for tensor in response.outputs:
-        if tensor.datatype == "BYTES":
-            array = np.array([b.decode() for b in tensor.contents.bytes_contents], dtype=object)
-        elif tensor.datatype == "INT32":
-            array = np.array(tensor.contents.int_contents, np.int32)
-        else:
-            array = np.array(tensor.contents.fp32_contents, np.float32)
-        out[tensor.name] = array.reshape(list(tensor.shape))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +71,7 @@ def expected(server) -> dict[str, np.ndarray]:
 def test_every_mix_of_outputs_over_oip_matches_mdn_v1(stub, expected, mix):
     names = [name for family in mix for name in FAMILIES[family]]
     response = stub.ModelInfer(infer_request(raw=False, outputs=names, params=params()), timeout=30)
-    got = decode(response)
+    got = as_arrays(response)
     assert [t.name for t in response.outputs] == names  # in the order asked
     for name in names:
         if name == "ik_status":

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -44,19 +44,24 @@ STATUS_OF: dict[type[MdnError], grpc.StatusCode] = {
 }
 
 
-class Servicer(Protocol):
-    protocol: ClassVar[str]  # the `protocol` label of the request metrics
-    dataplane: Dataplane
+class ServicerBase:
+    """What every servicer holds; a subclass names its protocol label and how a request names its model."""
 
-    def model_of(self, request: Any) -> str:
-        """The model a request names, "" when none (for metric labels)."""
-        ...
+    protocol: ClassVar[str]
+
+    def __init__(self, dataplane: Dataplane, max_elements: int) -> None:
+        self.dataplane = dataplane
+        self.max_elements = max_elements  # the most values one request may carry
+
+    @staticmethod
+    def model_of(request: Any) -> str:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class ServiceBinding:
     descriptor: ServiceDescriptor
-    servicer: Callable[[Dataplane, int], Servicer]  # (dataplane, most values a request may carry)
+    servicer: Callable[[Dataplane, int], ServicerBase]  # (dataplane, most values a request may carry)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class ProtocolAdapter:
         return tuple(s.descriptor.full_name for s in self.services)
 
 
-S = TypeVar("S", bound=Servicer)
+S = TypeVar("S", bound=ServicerBase)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
@@ -137,7 +142,7 @@ def handler(method: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Re
     return wrap
 
 
-def add_service(server: grpc.aio.Server, servicer: Servicer, service: ServiceDescriptor) -> None:
+def add_service(server: grpc.aio.Server, servicer: ServicerBase, service: ServiceDescriptor) -> None:
     """Register servicer's methods for `service`, parsing requests ourselves.
 
     gRPC's generated registration parses each request before our code runs and answers a
@@ -156,7 +161,7 @@ def add_service(server: grpc.aio.Server, servicer: Servicer, service: ServiceDes
 
 
 def _parsing(
-    servicer: Servicer, method: str, request_class: Any
+    servicer: ServicerBase, method: str, request_class: Any
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     bound = getattr(servicer, method)
     protocol = servicer.protocol

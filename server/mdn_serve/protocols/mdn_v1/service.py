@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from mdn_serve.protocols.mdn_v1 import codec
-from mdn_serve.protocols.rpc import deadline_of, handler
-from mdn_serve.serving.dataplane import Dataplane
+from mdn_serve.protocols.rpc import ServicerBase, deadline_of, handler
 
 if TYPE_CHECKING:  # annotations only: building and reading messages is the codec's job
     from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
@@ -16,15 +15,9 @@ if TYPE_CHECKING:  # annotations only: building and reading messages is the code
 PROTOCOL = "mdn.v1"
 
 
-class _Base:
-    protocol: ClassVar[str] = PROTOCOL
-
-    def model_of(self, request: Any) -> str:
-        return codec.model_name(request)
-
-    def __init__(self, dataplane: Dataplane, max_elements: int) -> None:
-        self.dataplane = dataplane
-        self.max_elements = max_elements
+class _Base(ServicerBase):
+    protocol = PROTOCOL
+    model_of = staticmethod(codec.model_name)
 
 
 class MdnServicer(_Base):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING
 
 import grpc
 
 from mdn_serve.errors import ModelNotFound, Unavailable
 from mdn_serve.protocols.oip import codec
-from mdn_serve.protocols.rpc import deadline_of, handler
-from mdn_serve.serving.dataplane import Dataplane
+from mdn_serve.protocols.rpc import ServicerBase, deadline_of, handler
 
 if TYPE_CHECKING:  # annotations only: building and reading messages is the codec's job
     from mdn_serve._proto.inference import grpc_service_pb2 as pb
@@ -17,15 +16,9 @@ if TYPE_CHECKING:  # annotations only: building and reading messages is the code
 PROTOCOL = "oip"
 
 
-class OipServicer:
-    protocol: ClassVar[str] = PROTOCOL
-
-    def model_of(self, request: Any) -> str:
-        return codec.model_name(request)
-
-    def __init__(self, dataplane: Dataplane, max_elements: int) -> None:
-        self.dataplane = dataplane
-        self.max_elements = max_elements
+class OipServicer(ServicerBase):
+    protocol = PROTOCOL
+    model_of = staticmethod(codec.model_name)
 
     @handler("ServerLive")
     async def ServerLive(
