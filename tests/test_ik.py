@@ -7,7 +7,7 @@ import math
 import grpc
 import numpy as np
 import pytest
-from mdn_core.ik import jacobian, refine, solve
+from mdn_core.ik import refine, solve, task_jacobian
 from mdn_core.kinematics import PlanarArm
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
@@ -43,7 +43,7 @@ def test_jacobian_matches_finite_differences():
             ],
             axis=-1,
         )
-        np.testing.assert_allclose(jacobian(arm, angles), numeric, atol=1e-8)
+        np.testing.assert_allclose(task_jacobian(arm.chain, angles)[1], numeric, atol=1e-8)
 
 
 def test_refinement_reaches_the_closed_form_solution():
@@ -53,7 +53,7 @@ def test_refinement_reaches_the_closed_form_solution():
     truth[:, 1] = np.sign(truth[:, 1]) * np.maximum(np.abs(truth[:, 1]), 0.3)  # clear of the singular elbow
     targets = ARM.forward(truth)
     seeds = truth + rng.normal(0, 0.05, truth.shape)
-    refined = refine(ARM, targets, seeds[:, None, :], tolerance=1e-9)[:, 0]
+    refined = refine(ARM.chain, targets, seeds[:, None, :], tolerance=1e-9)[0][:, 0]
     assert np.max(np.linalg.norm(ARM.forward(refined) - targets, axis=-1)) < 1e-9
     np.testing.assert_allclose(refined, truth, atol=1e-6)  # the same branch as the seed
     assert ARM.within_limits(refined).all()
@@ -64,7 +64,7 @@ def test_both_elbows_are_returned_exact_and_ranked_by_mass():
     branches, feasible = ARM.two_link_ik(targets)
     assert feasible.all()
     seeds = branches + np.array([0.03, -0.04])  # the MDN's modes are close, not exact
-    found = solve(ARM, targets, *mixture_around(seeds, np.array([0.3, 0.7])))
+    found = solve(ARM.chain, targets, *mixture_around(seeds, np.array([0.3, 0.7])))
     assert found.num_solutions.tolist() == [2, 2] and found.status == ["ok", "ok"]
     assert (found.position_error <= 1e-6).all() and found.within_limits.all()
     np.testing.assert_allclose(found.score[:, 0], 0.7, atol=1e-3)  # the heavier mode first
@@ -76,7 +76,7 @@ def test_duplicates_merge_into_one_solution_with_their_mass():
     targets = ARM.forward(np.array([[0.7, 0.9]]))
     branches, _ = ARM.two_link_ik(targets)
     seeds = np.stack([branches[:, 0] + 0.02, branches[:, 0] - 0.02, branches[:, 1]], axis=1)
-    found = solve(ARM, targets, *mixture_around(seeds, np.array([0.3, 0.3, 0.4])))
+    found = solve(ARM.chain, targets, *mixture_around(seeds, np.array([0.3, 0.3, 0.4])))
     assert found.num_solutions.tolist() == [2]
     np.testing.assert_allclose(sorted(found.score[0]), [0.4, 0.6], atol=1e-3)
 
@@ -86,7 +86,7 @@ def test_near_the_joint_limits_only_the_feasible_branch_is_returned():
     target = ARM.forward(np.array([[0.32, -0.6]]))
     branches, feasible = ARM.two_link_ik(target)
     assert feasible.tolist() == [[False, True]]
-    found = solve(ARM, target, *mixture_around(branches + 0.02, np.array([0.5, 0.5])))
+    found = solve(ARM.chain, target, *mixture_around(branches + 0.02, np.array([0.5, 0.5])))
     assert found.num_solutions.tolist() == [1]
     np.testing.assert_allclose(found.solutions[0, 0], branches[0, 1], atol=1e-5)
     assert ARM.within_limits(found.solutions[0, :1].astype(np.float64)).all()
@@ -95,7 +95,7 @@ def test_near_the_joint_limits_only_the_feasible_branch_is_returned():
 def test_near_singular_targets_where_the_branches_merge():
     target = ARM.forward(np.array([[0.7, 1e-4]]))  # almost stretched: both elbows nearly coincide
     branches, _ = ARM.two_link_ik(target)
-    found = solve(ARM, target, *mixture_around(branches + np.array([0.0, 0.05]), np.array([0.5, 0.5])))
+    found = solve(ARM.chain, target, *mixture_around(branches + np.array([0.0, 0.05]), np.array([0.5, 0.5])))
     assert found.num_solutions[0] >= 1
     n = found.num_solutions[0]
     assert (found.position_error[0, :n] <= 1e-6).all()
@@ -106,7 +106,7 @@ def test_near_singular_targets_where_the_branches_merge():
 def test_unreachable_and_infeasible_targets_say_why():
     targets = np.array([[2.0, 0.0], [0.1, 0.0], [0.6, 0.5]])  # too far, too close, outside the joint limits
     seeds = np.broadcast_to(np.array([[0.7, 0.5], [0.7, -0.5]]), (3, 2, 2))
-    found = solve(ARM, targets, *mixture_around(seeds, np.array([0.5, 0.5])))
+    found = solve(ARM.chain, targets, *mixture_around(seeds, np.array([0.5, 0.5])))
     assert found.num_solutions.tolist() == [0, 0, 0]
     assert "unreachable" in found.status[0] and "reaches 0.6 to 1" in found.status[0]
     assert "unreachable" in found.status[1]
@@ -117,7 +117,7 @@ def test_unreachable_and_infeasible_targets_say_why():
 def test_unrefined_modes_are_flagged_not_filtered():
     target = ARM.forward(np.array([[0.7, 0.9]]))
     seeds = np.array([[[0.7, 0.9], [0.1, -0.9]]])  # the second mode lies below theta1's limit
-    found = solve(ARM, target, *mixture_around(seeds, np.array([0.6, 0.4])), refine_solutions=False)
+    found = solve(ARM.chain, target, *mixture_around(seeds, np.array([0.6, 0.4])), refine_solutions=False)
     assert found.num_solutions.tolist() == [2]
     assert found.within_limits[0].tolist() == [True, False]
 
@@ -128,7 +128,7 @@ def test_three_link_arm_solutions_are_exact_by_forward_kinematics():
     truth = rng.uniform(limits[:, 0] + 0.2, limits[:, 1] - 0.2, (50, 3))
     targets = THREE.forward(truth)
     seeds = rng.uniform(limits[:, 0], limits[:, 1], (50, 6, 3))  # a redundant arm: many answers
-    found = solve(THREE, targets, *mixture_around(seeds, np.full(6, 1 / 6), spread=0.3), num_samples=4, seed=0)
+    found = solve(THREE.chain, targets, *mixture_around(seeds, np.full(6, 1 / 6), spread=0.3), num_samples=4, seed=0)
     assert (found.num_solutions >= 1).mean() > 0.9
     for b in range(50):
         n = found.num_solutions[b]
@@ -140,7 +140,7 @@ def test_three_link_arm_solutions_are_exact_by_forward_kinematics():
 def test_max_solutions_keeps_the_best():
     targets = ARM.forward(np.array([[0.7, 0.9]]))
     branches, _ = ARM.two_link_ik(targets)
-    found = solve(ARM, targets, *mixture_around(branches, np.array([0.2, 0.8])), max_solutions=1)
+    found = solve(ARM.chain, targets, *mixture_around(branches, np.array([0.2, 0.8])), max_solutions=1)
     assert found.num_solutions.tolist() == [1] and found.solutions.shape == (1, 1, 2)
     np.testing.assert_allclose(found.solutions[0, 0], branches[0, 1], atol=1e-5)
 
@@ -186,7 +186,7 @@ def test_solve_rpc_explains_targets_without_solutions(server):
          grpc.StatusCode.INVALID_ARGUMENT, "has no kinematics"),
         (pb.SolveRequest(model=pb.ModelRef(name="two_link_arm")), grpc.StatusCode.INVALID_ARGUMENT, "no targets"),
         (pb.SolveRequest(model=pb.ModelRef(name="two_link_arm"), targets=pb.Tensor(shape=[1, 3], values=[1, 2, 3])),
-         grpc.StatusCode.INVALID_ARGUMENT, "takes 2 input column(s)"),
+         grpc.StatusCode.INVALID_ARGUMENT, "takes planar targets [batch, 2]"),
         (pb.SolveRequest(model=pb.ModelRef(name="two_link_arm"), targets=pb.Tensor(shape=[1, 2], values=[0.6, 0.6]),
                          tolerance=-1), grpc.StatusCode.INVALID_ARGUMENT, "tolerance"),
         (pb.SolveRequest(model=pb.ModelRef(name="two_link_arm"), targets=pb.Tensor(shape=[1, 2], values=[0.6, 0.6]),

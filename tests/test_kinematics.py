@@ -32,7 +32,10 @@ def test_unreachable_targets_are_infeasible():
 
 
 def test_metadata_round_trip_and_validation():
-    assert parse_kinematics(ARM.to_metadata()) == ARM
+    chain = parse_kinematics(ARM.to_metadata())
+    assert chain is not None and chain.target == "planar"
+    q = np.array([[0.4, -0.3], [1.0, 0.5]])
+    np.testing.assert_allclose(chain.forward(q)[:, :2, 3], ARM.forward(q), atol=1e-12)
     with pytest.raises(ValueError, match="link lengths"):
         PlanarArm((0.8, -0.2), ((0, 1), (0, 1)))
     with pytest.raises(ValueError, match="joint limits"):

@@ -81,6 +81,7 @@ def test_liveness_readiness_and_metadata(stub):
         "ik_position_error": ("FP32", [-1, -1]),
         "ik_within_limits": ("FP32", [-1, -1]),
         "ik_score": ("FP32", [-1, -1]),
+        "ik_orientation_error": ("FP32", [-1, -1]),
         "ik_num_solutions": ("INT32", [-1]),
         "ik_status": ("BYTES", [-1]),
     }

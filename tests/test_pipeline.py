@@ -30,7 +30,15 @@ FAMILIES = {
     "mixture": ("weights", "means", "scales"),
     "samples": ("samples",),
     "modes": ("modes", "mode_log_density", "mode_mass", "num_modes"),
-    "ik": ("ik_solutions", "ik_position_error", "ik_within_limits", "ik_score", "ik_num_solutions", "ik_status"),
+    "ik": (
+        "ik_solutions",
+        "ik_position_error",
+        "ik_orientation_error",
+        "ik_within_limits",
+        "ik_score",
+        "ik_num_solutions",
+        "ik_status",
+    ),
 }
 MIXES = [mix for n in range(1, 5) for mix in itertools.combinations(FAMILIES, n)]
 NUM_SAMPLES, SEED = 7, 3
@@ -62,7 +70,8 @@ def expected(server) -> dict[str, np.ndarray]:
         "weights": p.weights, "means": p.means, "scales": p.scales, "samples": s.samples,
         "modes": m.modes, "mode_log_density": m.log_density, "mode_mass": m.mass,
         "num_modes": np.array(m.num_modes, np.int32), "ik_solutions": ik.solutions,
-        "ik_position_error": ik.position_error, "ik_within_limits": ik.within_limits, "ik_score": ik.score,
+        "ik_position_error": ik.position_error, "ik_orientation_error": ik.orientation_error,
+        "ik_within_limits": ik.within_limits, "ik_score": ik.score,
         "ik_num_solutions": np.array(ik.num_solutions, np.int32), "ik_status": np.array(ik.status, dtype=object),
     }  # fmt: skip
 
@@ -97,8 +106,8 @@ def test_each_mdn_v1_rpc_matches_the_core_math(server, trained, rpc):
             want = mixture_modes(w, m, s)
             np.testing.assert_allclose(client.modes(ARM, X).modes, want.modes, rtol=1e-4, atol=1e-5)
         else:
-            assert model.metadata.arm is not None
-            exact = solve(model.metadata.arm, X, w, m, s)
+            assert model.metadata.chain is not None
+            exact = solve(model.metadata.chain, X, w, m, s)
             np.testing.assert_allclose(client.solve(ARM, X).solutions, exact.solutions, atol=1e-5)
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from mdn_core.contract import parse_kinematics
 from mdn_core.mixture import mixture_modes
 from mdn_core.model import load_model
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from mdn_serve.tools.client import MdnClient
+from mdn_train.export import planar_arm
 from prometheus_client.parser import text_string_to_metric_families
 
 ARM, TOY = "two_link_arm", "inverse_sine"
@@ -100,8 +100,7 @@ def test_temperature_changes_the_spread(server):
 
 
 def test_modes_land_on_the_closed_form_arm_solutions(server, trained):
-    arm = parse_kinematics(json.loads(MdnClient(server.target).get_model(ARM).metadata_json)["kinematics"])
-    assert arm is not None
+    arm = planar_arm(json.loads(MdnClient(server.target).get_model(ARM).metadata_json)["kinematics"])
     rng = np.random.default_rng(0)
     angles = np.stack([rng.uniform(0.3, 1.2, 400), rng.uniform(0.6, 1.2, 400) * rng.choice([-1, 1], 400)], 1)
     candidates = arm.forward(angles)

@@ -63,7 +63,7 @@ def test_metadata_describes_the_model(trained):
         "link_lengths": [0.8, 0.2],
         "joint_limits": [[0.3, 1.2], [-np.pi / 2, np.pi / 2]],
     }
-    assert meta.arm is not None and meta.arm.link_lengths == (0.8, 0.2)
+    assert meta.chain is not None and meta.chain.target == "planar" and meta.chain.num_joints == 2
     assert meta.raw["config"]["model"]["hidden"] == [64, 64]
     for key in ("mdn_nll", "baseline_nll", "branch_coverage", "mdn_fk_error", "baseline_fk_error"):
         assert key in meta.raw["metrics"]
@@ -73,7 +73,7 @@ def test_metadata_describes_the_model(trained):
             for p in onnx.load(str(trained["models"] / "inverse_sine" / "1" / "model.onnx")).metadata_props
         }[METADATA_KEY]
     )
-    assert toy.arm is None and "kinematics" not in toy.raw
+    assert toy.chain is None and "kinematics" not in toy.raw
     assert toy.input_names == ("t",) and "nll_gap" in toy.raw["metrics"]
 
 
@@ -209,7 +209,7 @@ def test_three_link_arm_trains_exports_and_reports_its_solution_spread(tmp_path)
         ]
     )
     assert meta.output_names == ("theta1", "theta2", "theta3")
-    assert meta.arm is not None and meta.arm.link_lengths == (0.5, 0.3, 0.2)
+    assert meta.chain is not None and meta.chain.num_joints == 3 and meta.chain.reach == pytest.approx(1.0)
     report = json.loads((runs / "three_link_arm" / "report.json").read_text())
     ik = report["metrics"]["ik"]
     assert "joint_spread_rad" in ik and ik["joint_limit_violations"] == 0

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mdn_core.kinematics import PlanarArm
+from mdn_core.chain import JOINT_TYPES, TARGET_WIDTH, Joint, SerialChain, planar_chain
 
 INPUT_NAME = "x"
 OUTPUT_NAMES = ("weights", "means", "scales")
@@ -35,7 +35,7 @@ class ModelMetadata:
     output_names: tuple[str, ...]
     components: int
     raw: dict[str, Any]  # the whole JSON object, including config, metrics and kinematics
-    arm: PlanarArm | None = None  # the parsed `kinematics` block, for arm models
+    chain: SerialChain | None = None  # the parsed `kinematics` block, for arm models
 
     @property
     def input_dim(self) -> int:
@@ -117,7 +117,7 @@ def parse_metadata(text: str) -> ModelMetadata:
         names[key] = tuple(value)
     if raw["components"] < 1:
         raise ContractError("metadata field 'components' must be >= 1")
-    arm = parse_kinematics(raw.get("kinematics"), len(names["output_names"]))
+    chain = parse_kinematics(raw.get("kinematics"), len(names["output_names"]))
     return ModelMetadata(
         name=raw["name"],
         version=raw["version"],
@@ -126,36 +126,91 @@ def parse_metadata(text: str) -> ModelMetadata:
         output_names=names["output_names"],
         components=raw["components"],
         raw=raw,
-        arm=arm,
+        chain=chain,
     )
 
 
-def parse_kinematics(block: Any, output_dim: int | None = None) -> PlanarArm | None:
-    """The metadata's `kinematics` block as an arm (None when absent); ContractError names the bad field."""
+def parse_kinematics(block: Any, output_dim: int | None = None) -> SerialChain | None:
+    """The metadata's `kinematics` block as a chain (None when absent); ContractError names the bad field.
+
+    Two forms: `serial_chain` (any chain, written by mdn-export since URDF support) and
+    `planar_serial` (link lengths and joint limits of a planar arm, as older exports wrote it).
+    """
     if block is None:
         return None
     if not isinstance(block, dict):
         raise ContractError("metadata field 'kinematics' must be a JSON object")
-    if block.get("type") != "planar_serial":
+    kind = block.get("type")
+    if kind == "planar_serial":
+        chain = _planar(block)
+    elif kind == "serial_chain":
+        chain = _serial(block)
+    else:
         raise ContractError(
-            f"metadata field 'kinematics.type' is {block.get('type')!r}; this reader knows 'planar_serial'"
+            f"metadata field 'kinematics.type' is {kind!r}; this reader knows 'serial_chain' and 'planar_serial'"
         )
+    if output_dim is not None and chain.num_joints != output_dim:
+        raise ContractError(
+            f"metadata field 'kinematics' describes {chain.num_joints} joint(s), but the model outputs "
+            f"{output_dim} joint value(s)"
+        )
+    return chain
+
+
+def _planar(block: dict[str, Any]) -> SerialChain:
     lengths, limits = block.get("link_lengths"), block.get("joint_limits")
-    if not isinstance(lengths, list) or not all(_is_number(v) for v in lengths):
+    if not isinstance(lengths, list) or not lengths or not all(_is_number(v) for v in lengths):
         raise ContractError("metadata field 'kinematics.link_lengths' must be a list of numbers")
     if not isinstance(limits, list) or not all(
         isinstance(pair, list) and len(pair) == 2 and all(_is_number(v) for v in pair) for pair in limits
     ):
         raise ContractError("metadata field 'kinematics.joint_limits' must be a list of [low, high] number pairs")
-    if output_dim is not None and len(lengths) != output_dim:
+    if len(limits) != len(lengths):
         raise ContractError(
-            f"metadata field 'kinematics.link_lengths' has {len(lengths)} links, but the model outputs "
-            f"{output_dim} joint angle(s)"
+            f"metadata field 'kinematics.joint_limits' has {len(limits)} pairs for {len(lengths)} links"
         )
+    if any(not v > 0 for v in lengths):
+        raise ContractError("metadata field 'kinematics.link_lengths' must be > 0")
     try:
-        return PlanarArm(tuple(float(v) for v in lengths), tuple((float(a), float(b)) for a, b in limits))
+        return planar_chain(tuple(float(v) for v in lengths), tuple((float(a), float(b)) for a, b in limits))
     except ValueError as exc:
-        raise ContractError(f"metadata field 'kinematics': {exc}") from None
+        raise ContractError(f"metadata field 'kinematics.joint_limits': {exc}") from None
+
+
+def _numbers(value: Any, count: int, field: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or len(value) != count or not all(_is_number(v) for v in value):
+        raise ContractError(f"metadata field 'kinematics.{field}' must be a list of {count} numbers")
+    return tuple(float(v) for v in value)
+
+
+def _serial(block: dict[str, Any]) -> SerialChain:
+    target = block.get("target")
+    if target not in TARGET_WIDTH:
+        raise ContractError(f"metadata field 'kinematics.target' must be one of {', '.join(TARGET_WIDTH)}")
+    for key in ("base_link", "tip_link", "source"):
+        if not isinstance(block.get(key), str):
+            raise ContractError(f"metadata field 'kinematics.{key}' must be a string")
+    joints_raw = block.get("joints")
+    if not isinstance(joints_raw, list) or not joints_raw:
+        raise ContractError("metadata field 'kinematics.joints' must be a non-empty list")
+    joints = []
+    for i, j in enumerate(joints_raw):
+        where = f"joints[{i}]"
+        if not isinstance(j, dict) or not isinstance(j.get("name"), str):
+            raise ContractError(f"metadata field 'kinematics.{where}' must be an object with a string 'name'")
+        if j.get("type") not in JOINT_TYPES:
+            raise ContractError(f"metadata field 'kinematics.{where}.type' must be one of {', '.join(JOINT_TYPES)}")
+        origin = _numbers(j.get("origin"), 12, f"{where}.origin")
+        ax, ay, az = _numbers(j.get("axis"), 3, f"{where}.axis")
+        lower, upper = j.get("lower"), j.get("upper")
+        if not (_is_number(lower) and _is_number(upper)):
+            raise ContractError(f"metadata field 'kinematics.{where}.lower/upper' must be numbers")
+        try:
+            joints.append(Joint(j["name"], j["type"], origin, (ax, ay, az), float(lower), float(upper)))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ContractError(f"metadata field 'kinematics.{where}': {exc}") from None
+    tip = _numbers(block.get("tip"), 12, "tip")
+    return SerialChain(tuple(joints), tip, target, block["base_link"], block["tip_link"], block["source"])
 
 
 def _is_number(value: Any) -> bool:

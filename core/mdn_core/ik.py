@@ -1,26 +1,32 @@
-"""Inverse kinematics for planar serial arms from an MDN's mixture: seeds, refinement, ranking.
+"""Inverse kinematics for serial chains from an MDN's mixture: seeds, refinement, ranking.
 
-The mixture's modes (and optionally samples) are seeds; damped least squares (Levenberg-Marquardt)
-on the forward kinematics refines each one within the joint limits; duplicates are merged and
-the rest ranked by the mass of the mode they came from, then by position error. Everything is
-vectorised over targets and seeds.
+The mixture's modes (and draws from it) are seeds, plus the caller's seed state when given;
+damped least squares (Levenberg-Marquardt) on the task error refines each one within the joint
+limits: position for planar and position-only targets, position and rotation (the log map) for
+poses. A solution counts when its errors, measured on the float32 angles returned, are within
+the tolerances. Duplicates (wrap-aware for periodic joints) are merged, their mass added up; the
+rest are ranked by the mixture mass behind them, or by distance to the seed state when given.
+Everything is vectorised over targets and seeds.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_core.kinematics import PlanarArm
+from mdn_core.chain import TWO_PI, SerialChain, quaternion_matrix, rotation_log, task_of
 from mdn_core.mixture import Modes, mixture_modes, sample_mixture
 
 FloatArray = NDArray[np.floating]
 
-DEFAULT_TOLERANCE = 1e-6  # position error to refine to, in the arm's length unit
+DEFAULT_TOLERANCE = {"planar": 1e-6, "position": 1e-5, "pose": 1e-5}  # metres (the arm's length unit)
+DEFAULT_ORIENTATION_TOLERANCE = 1e-4  # radians
 DEFAULT_REFINE = True  # what a request that does not say gets
-MAX_ITERATIONS = 50
+DEFAULT_SAMPLES = {"planar": 0, "position": 32, "pose": 32}  # extra seeds drawn when a request says 0
+MAX_ITERATIONS = 100
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
 
@@ -29,17 +35,20 @@ OK = "ok"
 class Solutions:
     """Ranked IK solutions per target, NaN-padded to the widest row.
 
-    solutions (B, M, J) joint angles, position_error (B, M), within_limits (B, M), score (B, M)
-    (the mixture mass behind each solution), num_solutions (B,), status (B,): "ok" or why a
-    target has no solution.
+    solutions (B, M, J), position_error (B, M), orientation_error (B, M) (NaN for targets without
+    orientation), within_limits (B, M), score (B, M) (the mixture mass behind each solution),
+    num_solutions (B,), status (B,): "ok" or why a target has no solution; iterations (B, M): the
+    refinement steps each solution took.
     """
 
     solutions: NDArray[np.float32]
     position_error: NDArray[np.float32]
+    orientation_error: NDArray[np.float32]
     within_limits: NDArray[np.bool_]
     score: NDArray[np.float32]
     num_solutions: NDArray[np.int32]
     status: list[str]
+    iterations: NDArray[np.int32]
 
     def within_limits_padded(self) -> NDArray[np.float32]:
         """within_limits as 1/0 with NaN where a row has no solution (how both protocols send it)."""
@@ -48,126 +57,249 @@ class Solutions:
         return out
 
 
-def jacobian(arm: PlanarArm, angles: FloatArray) -> FloatArray:
-    """d(x, y)/d(theta) of the end effector: (..., 2, J)."""
-    cumulative = np.cumsum(angles, axis=-1)
-    lengths = np.asarray(arm.link_lengths)
-    # Joint i moves every link from i on: sum the links' terms from the tip back.
-    dx = -np.flip(np.cumsum(np.flip(lengths * np.sin(cumulative), -1), -1), -1)
-    dy = np.flip(np.cumsum(np.flip(lengths * np.cos(cumulative), -1), -1), -1)
-    out: FloatArray = np.stack([dx, dy], axis=-2)
+def goal_of(chain: SerialChain, targets: FloatArray) -> NDArray[np.float64]:
+    """Targets (B, width) as what refinement compares with: (B, 2), (B, 3) or transforms (B, 4, 4)."""
+    t = np.asarray(targets, dtype=np.float64)
+    if chain.target != "pose":
+        return t
+    goal = np.zeros((len(t), 4, 4))
+    goal[:, :3, :3] = quaternion_matrix(t[:, 3:7])
+    goal[:, :3, 3] = t[:, :3]
+    goal[:, 3, 3] = 1.0
+    return goal
+
+
+def task_errors(
+    chain: SerialChain, goal: NDArray[np.float64], transforms: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(error vector (..., m), position error (...), orientation error (...)) of tip transforms.
+
+    The vector is the task's rows of the error the Jacobian maps to: position, then for poses the
+    rotation vector log(R* R^T) in the base frame. The orientation error is NaN without a pose.
+    """
+    reached = task_of(chain.target, transforms)
+    if chain.target != "pose":
+        e = goal - reached
+        return e, np.linalg.norm(e, axis=-1), np.full(e.shape[:-1], np.nan)
+    e_pos = goal[..., :3, 3] - reached[..., :3, 3]
+    e_rot = rotation_log(goal[..., :3, :3] @ np.swapaxes(reached[..., :3, :3], -1, -2))
+    return (
+        np.concatenate([e_pos, e_rot], axis=-1),
+        np.linalg.norm(e_pos, axis=-1),
+        np.linalg.norm(e_rot, axis=-1),
+    )
+
+
+def task_jacobian(chain: SerialChain, q: FloatArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Tip transforms (..., 4, 4) and the Jacobian rows of the task (..., m, J)."""
+    transforms, jac = chain.forward_and_jacobian(q)
+    rows = {"planar": 2, "position": 3, "pose": 6}[chain.target]
+    return transforms, jac[..., :rows, :]
+
+
+def clip_to_limits(chain: SerialChain, q: NDArray[np.float64]) -> NDArray[np.float64]:
+    lim = chain.limits
+    out: NDArray[np.float64] = np.where(chain.unbounded, q, np.clip(q, lim[:, 0], lim[:, 1]))
     return out
 
 
 def refine(
-    arm: PlanarArm, targets: FloatArray, seeds: FloatArray, tolerance: float, iterations: int = MAX_ITERATIONS
-) -> FloatArray:
-    """Levenberg-Marquardt on the position error from each seed, kept inside the joint limits.
+    chain: SerialChain,
+    targets: FloatArray,
+    seeds: FloatArray,
+    tolerance: float,
+    orientation_tolerance: float = DEFAULT_ORIENTATION_TOLERANCE,
+    iterations: int = MAX_ITERATIONS,
+) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
+    """Levenberg-Marquardt on the task error from each seed, kept inside the joint limits.
 
-    targets (B, 2), seeds (B, S, J) -> refined angles (B, S, J). A step is kept only if it lowers
-    the error; the damping shrinks after a good step and grows after a bad one.
+    targets (B, width), seeds (B, S, J) -> (refined values (B, S, J), steps taken (B, S)). Only the
+    seeds still moving are computed; a step is kept if it lowers the weighted error (rotation
+    weighted by tolerance / orientation_tolerance, so both tolerances weigh the same), and the
+    damping shrinks after a good step and grows after a bad one.
     """
-    limits = np.asarray(arm.joint_limits)
-    theta = np.clip(seeds.astype(np.float64), limits[:, 0], limits[:, 1])
-    goal = targets.astype(np.float64)[:, None, :]
-    residual = goal - arm.forward(theta)
-    error = np.sum(residual * residual, axis=-1)
-    damping = np.full(error.shape, 1e-3)
-    eye = np.eye(2)
+    goal = goal_of(chain, targets)
+    batch, num, joints = np.shape(seeds)
+    theta = clip_to_limits(chain, np.asarray(seeds, dtype=np.float64)).reshape(batch * num, joints)
+    goal_flat = np.repeat(goal, num, axis=0)
+    weight = np.ones({"planar": 2, "position": 3, "pose": 6}[chain.target])
+    weight[3:] = tolerance / orientation_tolerance
+    steps = np.zeros(batch * num, dtype=np.int32)
+
+    def cost(q: NDArray[np.float64], g: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
+        transforms, jac = task_jacobian(chain, q)
+        e, pos, rot = task_errors(chain, g, transforms)
+        return e * weight, pos, rot, jac * weight[:, None]
+
+    e, pos, rot, jac = cost(theta, goal_flat)
+    done = (pos <= tolerance) & ((rot <= orientation_tolerance) | np.isnan(rot))
+    active = np.flatnonzero(~done)
+    damping = np.full(batch * num, 1e-3)
+    eye = np.eye(len(weight))
     for _ in range(iterations):
-        active = error > tolerance * tolerance
-        if not active.any():
+        if not active.size:
             break
-        j = jacobian(arm, theta)  # (B, S, 2, J)
-        jjt = j @ np.swapaxes(j, -1, -2) + (damping[..., None, None] ** 2) * eye  # (B, S, 2, 2)
-        step = np.swapaxes(j, -1, -2) @ np.linalg.solve(jjt, residual[..., None])  # (B, S, J, 1)
-        trial = np.clip(theta + step[..., 0], limits[:, 0], limits[:, 1])
-        trial_residual = goal - arm.forward(trial)
-        trial_error = np.sum(trial_residual * trial_residual, axis=-1)
-        better = active & (trial_error < error)
-        theta = np.where(better[..., None], trial, theta)
-        residual = np.where(better[..., None], trial_residual, residual)
-        error = np.where(better, trial_error, error)
-        damping = np.where(better, damping * 0.3, np.where(active, damping * 4.0, damping))
-    return theta
+        q, ea, ja, lam = theta[active], e[active], jac[active], damping[active]
+        jjt = ja @ np.swapaxes(ja, -1, -2) + (lam**2)[:, None, None] * eye
+        step = (np.swapaxes(ja, -1, -2) @ np.linalg.solve(jjt, ea[..., None]))[..., 0]
+        trial = clip_to_limits(chain, q + step)
+        te, tpos, trot, tjac = cost(trial, goal_flat[active])
+        better = np.sum(te * te, axis=-1) < np.sum(ea * ea, axis=-1)
+        kept = active[better]
+        theta[kept], e[kept], jac[kept], pos[kept], rot[kept] = (
+            trial[better], te[better], tjac[better], tpos[better], trot[better]
+        )  # fmt: skip
+        damping[active] = np.where(better, lam * 0.3, lam * 4.0)
+        steps[active] += 1
+        converged = (pos[active] <= tolerance) & ((rot[active] <= orientation_tolerance) | np.isnan(rot[active]))
+        active = active[~converged & (damping[active] < 1e6)]
+    return theta.reshape(batch, num, joints), steps.reshape(batch, num)
 
 
-def reach_bounds(arm: PlanarArm) -> tuple[float, float]:
-    """Inner and outer radius of the annulus the tip can reach, joint limits aside."""
-    lengths = np.asarray(arm.link_lengths)
-    inner = max(0.0, float(lengths.max() - (lengths.sum() - lengths.max())))
-    return inner, float(lengths.sum())
+def choose_turns(
+    chain: SerialChain, q: NDArray[np.float64], seed_state: NDArray[np.float64] | None
+) -> NDArray[np.float64]:
+    """For periodic joints, the turn q + 2 pi k within the limits nearest the seed state (or 0)."""
+    periodic = chain.periodic
+    if not periodic.any():
+        return q
+    reference = np.zeros(q.shape[-1]) if seed_state is None else seed_state
+    k = np.round((reference - q) / TWO_PI)
+    moved = q + k * TWO_PI
+    lim = chain.limits
+    # Where the nearest turn falls outside the limits, step back towards them.
+    moved = np.where(~chain.unbounded & (moved > lim[:, 1]), moved - TWO_PI, moved)
+    moved = np.where(~chain.unbounded & (moved < lim[:, 0]), moved + TWO_PI, moved)
+    ok = chain.within_limits(moved)[..., None]
+    out: NDArray[np.float64] = np.where(periodic & ok, moved, q)
+    return out
+
+
+def joint_distance(chain: SerialChain, a: FloatArray, b: FloatArray) -> NDArray[np.float64]:
+    """Per-joint distance, modulo 2 pi for periodic joints."""
+    d = np.abs(np.asarray(a, dtype=np.float64) - b)
+    wrapped = np.abs((d + math.pi) % TWO_PI - math.pi)
+    out: NDArray[np.float64] = np.where(chain.periodic, wrapped, d)
+    return out
 
 
 def solve(
-    arm: PlanarArm,
+    chain: SerialChain,
     targets: FloatArray,
     weights: FloatArray,
     means: FloatArray,
     scales: FloatArray,
     max_solutions: int = 0,
     refine_solutions: bool = True,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float = 0.0,
     num_samples: int = 0,
     seed: int | None = None,
     modes: Modes | None = None,
+    orientation_tolerance: float = 0.0,
+    seed_state: FloatArray | None = None,
 ) -> Solutions:
     """Every distinct solution for each target, seeded from the mixture, optionally refined.
 
-    modes: the mixture's modes (all of them), when the caller has already searched for them.
+    targets (B, chain.target_width); modes: the mixture's modes when already searched for; 0 for
+    tolerance, orientation_tolerance or num_samples means the chain's default; seed_state (B, J)
+    or (1, J): one more seed per target, and the reference for turns and ranking.
     """
-    batch = targets.shape[0]
+    batch = len(targets)
+    tol = tolerance or DEFAULT_TOLERANCE[chain.target]
+    rot_tol = orientation_tolerance or DEFAULT_ORIENTATION_TOLERANCE
+    draws = num_samples or DEFAULT_SAMPLES[chain.target]
     if modes is None:
         modes = mixture_modes(weights, means, scales)
     seeds = np.nan_to_num(modes.modes.astype(np.float64), nan=0.0)  # (B, M, J)
     score = np.nan_to_num(modes.mass.astype(np.float64), nan=0.0)
     valid = np.arange(seeds.shape[1])[None, :] < modes.num_modes[:, None]
-    if num_samples > 0:
-        drawn = sample_mixture(weights, means, scales, num_samples, np.random.default_rng(seed)).astype(np.float64)
-        seeds = np.concatenate([seeds, drawn], axis=1)
-        score = np.concatenate([score, np.zeros((batch, num_samples))], axis=1)
-        valid = np.concatenate([valid, np.ones((batch, num_samples), dtype=bool)], axis=1)
+    extra = []
+    if draws > 0:
+        extra.append(sample_mixture(weights, means, scales, draws, np.random.default_rng(seed)).astype(np.float64))
+    state = None
+    if seed_state is not None:
+        state = np.broadcast_to(np.asarray(seed_state, dtype=np.float64), (batch, chain.num_joints))
+        extra.append(state[:, None, :])
+    for more in extra:
+        seeds = np.concatenate([seeds, more], axis=1)
+        score = np.concatenate([score, np.zeros(more.shape[:2])], axis=1)
+        valid = np.concatenate([valid, np.ones(more.shape[:2], dtype=bool)], axis=1)
 
-    angles = refine(arm, targets, seeds, tolerance) if refine_solutions else seeds
-    error = np.linalg.norm(arm.forward(angles) - targets[:, None, :].astype(np.float64), axis=-1)
-    inside = arm.within_limits(angles, slack=1e-9)
+    if refine_solutions:
+        angles, steps = refine(chain, targets, seeds, tol, rot_tol)
+    else:
+        angles, steps = seeds, np.zeros(seeds.shape[:2], dtype=np.int32)
+    angles = choose_turns(chain, angles, None if state is None else state[:, None, :])
+    angles = angles.astype(np.float32).astype(np.float64)  # judged on exactly what is returned
+    _, pos, rot = task_errors(chain, goal_of(chain, targets)[:, None], chain.forward(angles))
+    inside = chain.within_limits(angles, slack=1e-6)
+    exact = (pos <= tol) & ((rot <= rot_tol) | np.isnan(rot))
     # Refined solutions must be exact and allowed; raw modes are all returned, flagged.
-    keep = valid & inside & (error <= tolerance) if refine_solutions else valid.copy()
+    keep = valid & inside & exact if refine_solutions else valid.copy()
+    rank = _ranking(chain, angles, score, pos, state)
 
     # Merge duplicates: a solution is dropped if a better-ranked kept one lies within MERGE_RADIANS.
-    order = np.lexsort((error, -score, ~keep), axis=-1)  # kept first, by score then error
+    order = np.lexsort((*rank, ~keep), axis=-1)
     rows = np.arange(batch)[:, None]
-    angles, error, score, keep = angles[rows, order], error[rows, order], score[rows, order], keep[rows, order]
-    close = np.all(np.abs(angles[:, :, None, :] - angles[:, None, :, :]) < MERGE_RADIANS, axis=-1)  # (B, S, S)
+    angles, pos, rot, score = angles[rows, order], pos[rows, order], rot[rows, order], score[rows, order]
+    keep, steps = keep[rows, order], steps[rows, order]
+    kept_mass = np.where(keep & valid[rows, order], score, 0.0)  # seeds that failed contribute nothing
+    close = np.all(joint_distance(chain, angles[:, :, None, :], angles[:, None, :, :]) < MERGE_RADIANS, axis=-1)
     earlier = np.tril(np.ones(close.shape[1:], dtype=bool), k=-1)  # [i, j]: j ranks before i
     duplicate = np.any(close & earlier & keep[:, None, :], axis=-1)
-    keep &= ~duplicate
-    # Mass of merged duplicates goes to the solution they merged into.
     owner = np.argmax(close & (earlier | np.eye(close.shape[1], dtype=bool)) & keep[:, None, :], axis=-1)
-    merged_score = np.zeros_like(score)
-    np.add.at(merged_score, (np.broadcast_to(rows, owner.shape), owner), np.where(valid[rows, order], score, 0.0))
-    score = np.where(keep, merged_score, 0.0)
+    merged = np.zeros_like(score)
+    np.add.at(merged, (np.broadcast_to(rows, owner.shape), owner), kept_mass)
+    keep &= ~duplicate
+    score = np.where(keep, merged, 0.0)
 
-    order = np.lexsort((error, -score, ~keep), axis=-1)
-    angles, error, score, keep = angles[rows, order], error[rows, order], score[rows, order], keep[rows, order]
+    order = np.lexsort((*_ranking(chain, angles, score, pos, state), ~keep), axis=-1)
+    angles, pos, rot, score = angles[rows, order], pos[rows, order], rot[rows, order], score[rows, order]
+    keep, steps = keep[rows, order], steps[rows, order]
     count = keep.sum(axis=1)
     if max_solutions:
         count = np.minimum(count, max_solutions)
     width = int(count.max()) if batch else 0
     shown = np.arange(width)[None, :] < count[:, None]
-    status = _status(arm, targets, count, error, refine_solutions, tolerance)
     return Solutions(
         solutions=np.where(shown[..., None], angles[:, :width], np.nan).astype(np.float32),
-        position_error=np.where(shown, error[:, :width], np.nan).astype(np.float32),
-        within_limits=shown & arm.within_limits(angles[:, :width], slack=1e-9),
+        position_error=np.where(shown, pos[:, :width], np.nan).astype(np.float32),
+        orientation_error=np.where(shown, rot[:, :width], np.nan).astype(np.float32),
+        within_limits=shown & chain.within_limits(angles[:, :width], slack=1e-6),
         score=np.where(shown, score[:, :width], np.nan).astype(np.float32),
         num_solutions=count.astype(np.int32),
-        status=status,
+        status=_status(chain, targets, count, pos, refine_solutions, tol),
+        iterations=np.where(shown, steps[:, :width], 0).astype(np.int32),
     )
 
 
+def _ranking(
+    chain: SerialChain,
+    angles: NDArray[np.float64],
+    score: NDArray[np.float64],
+    pos: NDArray[np.float64],
+    state: NDArray[np.float64] | None,
+) -> tuple[NDArray[np.float64], ...]:
+    """np.lexsort keys, least significant first: by distance to the seed state when given, else
+    by mass, then position error."""
+    if state is not None:
+        distance = np.linalg.norm(joint_distance(chain, angles, state[:, None, :]), axis=-1)
+        return pos, distance
+    return pos, -score
+
+
+def reach_bounds(chain: SerialChain) -> tuple[float, float]:
+    """Inner and outer radius of what the tip can reach around the first joint, joint limits aside."""
+    if chain.target == "planar":
+        lengths = [float(np.asarray(j.origin).reshape(3, 4)[0, 3]) for j in chain.joints[1:]]
+        lengths.append(float(np.asarray(chain.tip).reshape(3, 4)[0, 3]))
+        longest = max(lengths)
+        return max(0.0, longest - (sum(lengths) - longest)), float(sum(lengths))
+    return 0.0, chain.reach
+
+
 def _status(
-    arm: PlanarArm,
+    chain: SerialChain,
     targets: FloatArray,
     count: NDArray[np.integer],
     error: FloatArray,
@@ -176,10 +308,12 @@ def _status(
 ) -> list[str]:
     """ "ok", or why a target got no solution (computed for those targets only)."""
     status = [OK] * len(targets)
-    inner, outer = reach_bounds(arm)
+    inner, outer = reach_bounds(chain)
+    width = 2 if chain.target == "planar" else 3
+    centre = chain.base_offset[:width]
     for b in np.flatnonzero(count == 0).tolist():
-        r = float(np.linalg.norm(targets[b]))
-        if r > outer or r < inner:
+        r = float(np.linalg.norm(np.asarray(targets[b][:width], dtype=np.float64) - centre))
+        if r > outer + 1e-9 or r < inner - 1e-9:
             status[b] = f"unreachable: the target is {r:.4g} from the base; the arm reaches {inner:.4g} to {outer:.4g}"
         elif refined:
             closest = float(np.nanmin(error[b])) if np.isfinite(error[b]).any() else float("nan")

@@ -1,4 +1,5 @@
-"""Planar serial arms: forward kinematics and the closed-form inverse of a two-link arm (numpy)."""
+"""Planar serial arms: how the built-in arm datasets are described, their closed-form forward
+kinematics and the closed-form inverse of a two-link arm (numpy). Serving sees them as chains."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+
+from mdn_core.chain import SerialChain, planar_chain
 
 FloatArray = NDArray[np.floating]
 
@@ -31,6 +34,11 @@ class PlanarArm:
     @property
     def num_joints(self) -> int:
         return len(self.link_lengths)
+
+    @property
+    def chain(self) -> SerialChain:
+        """The same arm as a serial chain: what forward kinematics, IK and serving use."""
+        return planar_chain(self.link_lengths, self.joint_limits)
 
     @property
     def reach(self) -> float:

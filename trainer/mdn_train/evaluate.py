@@ -136,12 +136,12 @@ def ik_metrics(
     arm: PlanarArm, targets: NDArray[np.float64], w: NDArray[np.float32], m: NDArray[np.float32], s: NDArray[np.float32]
 ) -> dict[str, Any]:
     """The served IK path (mdn_serve.ik.solve): modes as seeds, refined within the joint limits."""
-    raw = solve(arm, targets, w, m, s, refine_solutions=False)
-    found = solve(arm, targets, w, m, s)
+    raw = solve(arm.chain, targets, w, m, s, refine_solutions=False)
+    found = solve(arm.chain, targets, w, m, s)
     returned = ~np.isnan(found.position_error)
     batch = min(1024, len(targets))
     start = time.perf_counter()
-    timed = solve(arm, targets[:batch], w[:batch], m[:batch], s[:batch])
+    timed = solve(arm.chain, targets[:batch], w[:batch], m[:batch], s[:batch])
     seconds = time.perf_counter() - start
     out: dict[str, Any] = {
         "targets_with_a_solution": float(np.mean(found.num_solutions > 0)),

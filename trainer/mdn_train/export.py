@@ -30,6 +30,7 @@ from mdn_core.contract import (
     build_metadata,
     parse_kinematics,
 )
+from mdn_core.kinematics import PlanarArm
 from mdn_core.model import load_model
 
 from mdn_train.config import RunConfig
@@ -185,9 +186,15 @@ def _test_split(run: RunConfig, checkpoint: dict[str, Any]) -> Dataset:
             test.input_names,
             test.target_names,
             test.task,
-            parse_kinematics(checkpoint["kinematics"]),
+            planar_arm(checkpoint["kinematics"]),
         )
     return test
+
+
+def planar_arm(block: dict[str, Any]) -> PlanarArm:
+    """The planar arm a checkpoint's `kinematics` block describes, checked by the contract's parser first."""
+    parse_kinematics(block)
+    return PlanarArm(tuple(block["link_lengths"]), tuple((float(a), float(b)) for a, b in block["joint_limits"]))
 
 
 def _print_summary(name: str, version: int, path: Path, m: dict[str, Any]) -> None:

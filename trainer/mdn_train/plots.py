@@ -149,7 +149,7 @@ def _arm_ik_configurations(out_dir: Path, test: Dataset, predict: Predictor) -> 
     assert arm is not None
     x = test.inputs[:200]
     w, m, s = predict(x)
-    found = solve(arm, x.astype(np.float64), w, m, s)
+    found = solve(arm.chain, x.astype(np.float64), w, m, s)
     b = int(np.argmax(found.num_solutions))
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for j in range(int(found.num_solutions[b])):

@@ -253,7 +253,7 @@ class DynamicBatcher:
         if plain:
             return split_plain(mix, bounds)
         done = time.perf_counter()
-        out = postprocess([r.ask for r in batch], bounds, x, mix, self.runtime.metadata.arm)
+        out = postprocess([r.ask for r in batch], bounds, x, mix, self.runtime.metadata.chain)
         self._postprocess_seconds.observe(time.perf_counter() - done)
         return out
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from mdn_core.ik import DEFAULT_TOLERANCE
+from mdn_core.chain import target_features
 from numpy.typing import NDArray
 
 from mdn_serve.errors import InvalidInput, LimitExceeded, ModelNotFound, Unavailable
@@ -23,6 +23,9 @@ from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, IkSpec, Outputs, Sampl
 from mdn_serve.serving.repository import ModelRepository, ModelRuntime
 
 __all__ = ["Ask", "Dataplane", "IkSpec", "Limits", "Outputs", "SampleSpec"]
+
+QUATERNION_NORM_SLACK = 1e-3
+TARGET_NAMES = {"planar": "x, y", "position": "x, y, z", "pose": "x, y, z, qx, qy, qz, qw"}
 
 
 @dataclass(frozen=True)
@@ -121,17 +124,44 @@ class Dataplane:
                 f"{self.limits.max_samples} samples per request; ask for fewer"
             )
 
-    def _check_ik(self, runtime: ModelRuntime, spec: IkSpec, rows: int) -> None:
-        if runtime.metadata.arm is None:
+    def _prepare_ik(
+        self, runtime: ModelRuntime, spec: IkSpec, targets: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], IkSpec]:
+        """Check an IK request; the network's inputs for its targets, and the spec with the targets."""
+        chain = runtime.metadata.chain
+        if chain is None:
             raise InvalidInput(
                 f"model {runtime.name!r} has no kinematics in its metadata; inverse kinematics needs an arm model"
             )
+        width = chain.target_width
+        if targets.ndim != 2 or targets.shape[1] != width:
+            raise InvalidInput(
+                f"model {runtime.name!r} takes {chain.target} targets [batch, {width}] ({TARGET_NAMES[chain.target]}), "
+                f"got shape {list(targets.shape)}"
+            )
+        rows = targets.shape[0]
+        if rows == 0:
+            raise InvalidInput("targets have no rows (batch size 0); send at least one target")
+        if rows > self.limits.max_rows:
+            raise LimitExceeded(
+                f"batch of {rows} targets is over this server's limit of {self.limits.max_rows}; split the request"
+            )
+        bad = np.argwhere(~np.isfinite(targets))
+        if len(bad):
+            raise InvalidInput(f"targets contain NaN or infinite values (first at row {bad[0][0]}, column {bad[0][1]})")
+        if chain.target == "pose":
+            norms = np.linalg.norm(targets[:, 3:7].astype(np.float64), axis=1)
+            off = np.flatnonzero(np.abs(norms - 1.0) > QUATERNION_NORM_SLACK)
+            if len(off):
+                raise InvalidInput(
+                    f"targets row {off[0]}: the quaternion (qx, qy, qz, qw) has norm {norms[off[0]]:.6g}; send a unit "
+                    f"quaternion (norm within {QUATERNION_NORM_SLACK:g} of 1)"
+                )
         if spec.max_solutions < 0:
             raise InvalidInput(f"max_solutions must be >= 0 (0 means all), got {spec.max_solutions}")
-        if not (math.isfinite(spec.tolerance) and spec.tolerance >= 0):
-            raise InvalidInput(
-                f"tolerance must be a finite number >= 0 (0 means {DEFAULT_TOLERANCE:g}), got {spec.tolerance}"
-            )
+        for name, value in (("tolerance", spec.tolerance), ("orientation_tolerance", spec.orientation_tolerance)):
+            if not (math.isfinite(value) and value >= 0):
+                raise InvalidInput(f"{name} must be a finite number >= 0 (0 means the default), got {value}")
         if spec.num_samples < 0:
             raise InvalidInput(f"num_samples must be >= 0, got {spec.num_samples}")
         if rows * spec.num_samples > self.limits.max_samples:
@@ -139,6 +169,17 @@ class Dataplane:
                 f"{rows} targets x {spec.num_samples} samples is over this server's limit of "
                 f"{self.limits.max_samples} samples per request; ask for fewer"
             )
+        state = spec.seed_state
+        if state is not None:
+            if state.ndim != 2 or state.shape[0] not in (1, rows) or state.shape[1] != chain.num_joints:
+                raise InvalidInput(
+                    f"seed_state must have shape [{rows}, {chain.num_joints}] or [1, {chain.num_joints}] (joint values "
+                    f"{', '.join(j.name for j in chain.joints)}), got {list(state.shape)}"
+                )
+            if not np.isfinite(state).all():
+                raise InvalidInput("seed_state contains NaN or infinite values")
+        features = target_features(chain.target, targets)
+        return features, replace(spec, targets=targets.astype(np.float64))
 
     async def infer(
         self,
@@ -154,13 +195,14 @@ class Dataplane:
         deadline is a time.monotonic() value after which the caller no longer waits.
         """
         runtime = self.resolve(name, version)
+        if ask.ik is not None:
+            x, spec = self._prepare_ik(runtime, ask.ik, x)
+            ask = replace(ask, ik=spec)
         x = self.check_inputs(runtime, x)
         if ask.sampling is not None:
             self._check_sampling(ask.sampling, x.shape[0])
         if ask.max_modes is not None and ask.max_modes < 0:
             raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {ask.max_modes}")
-        if ask.ik is not None:
-            self._check_ik(runtime, ask.ik, x.shape[0])
         self.metrics.observer(self.metrics.rows, method, runtime.name)(x.shape[0])
         batcher = self._batchers.get((runtime.name, runtime.version))
         if batcher is None:  # unloaded by a reload since it was resolved

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from mdn_core.ik import DEFAULT_REFINE, DEFAULT_TOLERANCE, Solutions, solve
-from mdn_core.kinematics import PlanarArm
+from mdn_core.chain import SerialChain
+from mdn_core.ik import DEFAULT_REFINE, Solutions, solve
 from mdn_core.mixture import Modes, mixture_modes, sample_draws, samples_from_draws
 from mdn_core.model import Mixture
 from numpy.typing import NDArray
@@ -38,17 +38,16 @@ class SampleSpec:
         return 1.0 if self.temperature == 0 else float(self.temperature)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class IkSpec:
     max_solutions: int = 0  # 0: all
     refine: bool = DEFAULT_REFINE
-    tolerance: float = 0.0  # 0: DEFAULT_TOLERANCE
-    num_samples: int = 0  # extra seeds drawn from the mixture per target
+    tolerance: float = 0.0  # 0: the chain's default
+    num_samples: int = 0  # extra seeds drawn from the mixture per target; 0: the chain's default
     seed: int | None = None
-
-    @property
-    def tol(self) -> float:
-        return self.tolerance or DEFAULT_TOLERANCE
+    orientation_tolerance: float = 0.0  # 0: the default
+    seed_state: NDArray[np.float64] | None = None  # (B, J) or (1, J)
+    targets: NDArray[np.float64] | None = None  # the targets as asked (the dataplane sets them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +80,7 @@ def split_plain(mix: Mixture, bounds: Sequence[int]) -> list[Outputs]:
 
 
 def postprocess(
-    asks: Sequence[Ask], bounds: Sequence[int], x: NDArray[np.float32], mix: Mixture, arm: PlanarArm | None
+    asks: Sequence[Ask], bounds: Sequence[int], x: NDArray[np.float32], mix: Mixture, chain: SerialChain | None
 ) -> list[Outputs]:
     """Samples, modes and IK solutions for every request of a batch, split per request.
 
@@ -94,11 +93,13 @@ def postprocess(
         ask, found = asks[i], modes.get(i)
         solutions = None
         if ask.ik is not None:
-            assert arm is not None and found is not None  # the dataplane admits IK for arm models only
+            assert chain is not None and found is not None  # the dataplane admits IK for arm models only
             spec, part = ask.ik, mix.rows(a, b)
+            targets = x[a:b] if spec.targets is None else spec.targets
             solutions = solve(
-                arm, x[a:b], *part, spec.max_solutions, spec.refine, spec.tol, spec.num_samples, spec.seed, found
-            )
+                chain, targets, *part, spec.max_solutions, spec.refine, spec.tolerance, spec.num_samples, spec.seed,
+                found, spec.orientation_tolerance, spec.seed_state,
+            )  # fmt: skip
         shown = None
         if ask.max_modes is not None and found is not None:
             shown = found.take(0, b - a, ask.max_modes) if ask.max_modes else found

@@ -54,6 +54,7 @@ class SolveResult:
     score: Array  # (B, M) mixture mass behind each solution
     num_solutions: list[int]
     status: list[str]  # "ok", or why a target has no solution
+    orientation_error: Array  # (B, M) radians, for pose targets (NaN otherwise)
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,14 @@ class MdnClient:
         num_samples: int = 0,
         seed: int | None = None,
         version: str = "",
+        orientation_tolerance: float = 0.0,
+        seed_state: Any = None,
     ) -> SolveResult:
-        """Inverse kinematics: every distinct joint configuration reaching each target (B, 2)."""
+        """Inverse kinematics: every distinct joint configuration reaching each target.
+
+        targets (B, width) in the model's layout: x, y (planar); x, y, z (position); or
+        x, y, z, qx, qy, qz, qw (pose). seed_state (B, J) or (1, J): rank by distance to it.
+        """
         req = pb.SolveRequest(
             model=pb.ModelRef(name=name, version=version),
             targets=self._inputs(targets),
@@ -174,7 +181,10 @@ class MdnClient:
             tolerance=tolerance,
             num_samples=num_samples,
             seed=seed,
+            orientation_tolerance=orientation_tolerance,
         )
+        if seed_state is not None:
+            req.seed_state.CopyFrom(self._inputs(seed_state))
         r = self.ik_stub.Solve(req, timeout=self.timeout, metadata=self._metadata)
         return SolveResult(
             r.model.name,
@@ -185,6 +195,7 @@ class MdnClient:
             _arr(r.score),
             list(r.num_solutions),
             list(r.status),
+            _arr(r.orientation_error),
         )
 
 

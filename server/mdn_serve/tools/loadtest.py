@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from mdn_core.chain import pose_targets, target_features, task_of
 from mdn_core.contract import parse_kinematics
 from numpy.typing import NDArray
 
@@ -77,10 +78,13 @@ class LoadResult:
 
 def model_inputs(metadata: dict[str, Any], input_dim: int, batch: int, rng: np.random.Generator) -> NDArray[np.float32]:
     """Inputs in the model's domain: reachable targets for arms, the training range otherwise."""
-    arm = parse_kinematics(metadata.get("kinematics"))
-    if arm is not None:
-        limits = np.asarray(arm.joint_limits)
-        return arm.forward(rng.uniform(limits[:, 0], limits[:, 1], (batch, arm.num_joints))).astype(np.float32)
+    chain = parse_kinematics(metadata.get("kinematics"))
+    if chain is not None:
+        limits = chain.limits
+        reached = chain.forward(rng.uniform(limits[:, 0], limits[:, 1], (batch, chain.num_joints)))
+        if chain.target == "pose":  # the network takes a pose as features
+            return target_features("pose", pose_targets(reached))
+        return task_of(chain.target, reached).astype(np.float32)
     low, high = metadata.get("input_min"), metadata.get("input_max")
     if isinstance(low, list) and isinstance(high, list) and len(low) == len(high) == input_dim:
         return rng.uniform(low, high, (batch, input_dim)).astype(np.float32)

@@ -35,7 +35,9 @@ def decode_inputs(
 
 def decode_targets(request: pb.SolveRequest, max_elements: int) -> tuple[NDArray[np.float32], bool]:
     if not request.HasField("targets"):
-        raise InvalidInput("request has no targets; set targets to a [batch, 2] end-effector positions")
+        raise InvalidInput(
+            "request has no targets; set targets to a [batch, width] tensor in the model's target layout"
+        )
     return decode_tensor(request.targets, "targets", max_elements)
 
 
@@ -48,7 +50,10 @@ def modes_ask(request: pb.ModesRequest) -> Ask:
     return Ask(max_modes=request.max_modes)
 
 
-def solve_ask(request: pb.SolveRequest) -> Ask:
+def solve_ask(request: pb.SolveRequest, max_elements: int) -> Ask:
+    state = None
+    if request.HasField("seed_state"):
+        state = decode_tensor(request.seed_state, "seed_state", max_elements)[0].astype(np.float64)
     return Ask(
         ik=IkSpec(
             max_solutions=request.max_solutions,
@@ -56,6 +61,8 @@ def solve_ask(request: pb.SolveRequest) -> Ask:
             tolerance=request.tolerance,
             num_samples=request.num_samples,
             seed=request.seed if request.HasField("seed") else None,
+            orientation_tolerance=request.orientation_tolerance,
+            seed_state=state,
         )
     )
 
@@ -130,4 +137,5 @@ def solve_response(runtime: ModelRuntime, out: Outputs, raw: bool) -> pb.SolveRe
         num_solutions=found.num_solutions.tolist(),
         status=found.status,
         score=encode_tensor(found.score, raw),
+        orientation_error=encode_tensor(found.orientation_error, raw),
     )

@@ -57,6 +57,6 @@ class IkServicer(_Base):
     @handler("Solve")
     async def Solve(self, request: pb.SolveRequest, context: grpc.aio.ServicerContext) -> pb.SolveResponse:
         targets, raw = codec.decode_targets(request, self.max_elements)
-        ask, ref = codec.solve_ask(request), request.model
+        ask, ref = codec.solve_ask(request, self.max_elements), request.model
         runtime, out = await self.dataplane.infer("Solve", ref.name, ref.version, targets, ask, deadline_of(context))
         return codec.solve_response(runtime, out, raw)

@@ -70,6 +70,7 @@ OUTPUTS: dict[str, Output] = {
     "ik_position_error": Output("FP32", "ik", lambda m: [-1, -1], lambda o: _solutions(o).position_error),
     "ik_within_limits": Output("FP32", "ik", lambda m: [-1, -1], lambda o: _solutions(o).within_limits_padded()),
     "ik_score": Output("FP32", "ik", lambda m: [-1, -1], lambda o: _solutions(o).score),
+    "ik_orientation_error": Output("FP32", "ik", lambda m: [-1, -1], lambda o: _solutions(o).orientation_error),
     "ik_num_solutions": Output("INT32", "ik", lambda m: [-1], lambda o: _solutions(o).num_solutions),
     "ik_status": Output("BYTES", "ik", lambda m: [-1], lambda o: np.array(_solutions(o).status, dtype=object)),
 }
@@ -83,7 +84,7 @@ def model_name(request: object) -> str:
 
 def outputs_of(meta: ModelMetadata) -> list[str]:
     """The outputs a model offers: IK ones only for arm models."""
-    return [name for name, o in OUTPUTS.items() if o.family != "ik" or meta.arm is not None]
+    return [name for name, o in OUTPUTS.items() if o.family != "ik" or meta.chain is not None]
 
 
 def model_metadata(runtime: ModelRuntime, versions: list[str]) -> pb.ModelMetadataResponse:
@@ -229,6 +230,7 @@ def plan(request: pb.ModelInferRequest) -> tuple[tuple[str, ...], Ask]:
             max_solutions=int(_param(params, "max_solutions", int) or 0),
             refine=_flag(params, "refine", default=DEFAULT_REFINE),
             tolerance=float(_param(params, "tolerance", float) or 0.0),
+            orientation_tolerance=float(_param(params, "orientation_tolerance", float) or 0.0),
             num_samples=int(_param(params, "ik_num_samples", int) or 0),
             seed=int(seed) if seed is not None else None,
         )

@@ -129,7 +129,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., input_dim: _Optional[int] = ..., output_dim: _Optional[int] = ..., components: _Optional[int] = ..., input_names: _Optional[_Iterable[str]] = ..., output_names: _Optional[_Iterable[str]] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class SolveRequest(_message.Message):
-    __slots__ = ("model", "targets", "max_solutions", "refine", "tolerance", "seed", "num_samples")
+    __slots__ = ("model", "targets", "max_solutions", "refine", "tolerance", "seed", "num_samples", "orientation_tolerance", "seed_state")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     MAX_SOLUTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,8 @@ class SolveRequest(_message.Message):
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ORIENTATION_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    SEED_STATE_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     targets: Tensor
     max_solutions: int
@@ -144,10 +146,12 @@ class SolveRequest(_message.Message):
     tolerance: float
     seed: int
     num_samples: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., max_solutions: _Optional[int] = ..., refine: _Optional[bool] = ..., tolerance: _Optional[float] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ...) -> None: ...
+    orientation_tolerance: float
+    seed_state: Tensor
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., max_solutions: _Optional[int] = ..., refine: _Optional[bool] = ..., tolerance: _Optional[float] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., orientation_tolerance: _Optional[float] = ..., seed_state: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SolveResponse(_message.Message):
-    __slots__ = ("model", "solutions", "position_error", "within_limits", "num_solutions", "status", "score")
+    __slots__ = ("model", "solutions", "position_error", "within_limits", "num_solutions", "status", "score", "orientation_error")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SOLUTIONS_FIELD_NUMBER: _ClassVar[int]
     POSITION_ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +159,7 @@ class SolveResponse(_message.Message):
     NUM_SOLUTIONS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    ORIENTATION_ERROR_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     solutions: Tensor
     position_error: Tensor
@@ -162,4 +167,5 @@ class SolveResponse(_message.Message):
     num_solutions: _containers.RepeatedScalarFieldContainer[int]
     status: _containers.RepeatedScalarFieldContainer[str]
     score: Tensor
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., solutions: _Optional[_Union[Tensor, _Mapping]] = ..., position_error: _Optional[_Union[Tensor, _Mapping]] = ..., within_limits: _Optional[_Union[Tensor, _Mapping]] = ..., num_solutions: _Optional[_Iterable[int]] = ..., status: _Optional[_Iterable[str]] = ..., score: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    orientation_error: Tensor
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., solutions: _Optional[_Union[Tensor, _Mapping]] = ..., position_error: _Optional[_Union[Tensor, _Mapping]] = ..., within_limits: _Optional[_Union[Tensor, _Mapping]] = ..., num_solutions: _Optional[_Iterable[int]] = ..., status: _Optional[_Iterable[str]] = ..., score: _Optional[_Union[Tensor, _Mapping]] = ..., orientation_error: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,339 @@
+"""Serial kinematic chains (a robot arm from its URDF, or a planar arm) and their poses (numpy).
+
+A chain is a list of movable joints (revolute, continuous, prismatic). Each joint carries the
+fixed transform from the previous joint's frame to its own (fixed URDF joints folded in), its
+axis in its own frame and its limits; a last fixed transform leads to the tip link:
+
+    T_tip(q) = O_1 M_1(q_1) O_2 M_2(q_2) ... O_J M_J(q_J) O_tip
+
+Forward kinematics and the geometric Jacobian are vectorised over any leading shape, e.g.
+(targets, seeds, J); the only Python loop runs over the joints.
+
+What a client asks for is a `target` layout: `planar` (x, y), `position` (x, y, z) or `pose`
+(x, y, z, qx, qy, qz, qw, ROS order). The network sees a pose as its position plus the first two
+columns of its rotation matrix (a continuous encoding: q and -q are one rotation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.floating]
+
+JOINT_TYPES = ("revolute", "continuous", "prismatic")
+TARGET_WIDTH = {"planar": 2, "position": 3, "pose": 7}  # what Solve takes per target
+FEATURE_WIDTH = {"planar": 2, "position": 3, "pose": 9}  # what the network takes per target
+TWO_PI = 2.0 * math.pi
+
+
+def transform(xyz: tuple[float, float, float], rpy: tuple[float, float, float]) -> NDArray[np.float64]:
+    """The 4x4 homogeneous transform of a URDF <origin xyz rpy> (R = Rz(yaw) Ry(pitch) Rx(roll))."""
+    roll, pitch, yaw = rpy
+    cr, sr, cp, sp, cy, sy = (
+        math.cos(roll),
+        math.sin(roll),
+        math.cos(pitch),
+        math.sin(pitch),
+        math.cos(yaw),
+        math.sin(yaw),
+    )
+    out = np.eye(4)
+    out[:3, :3] = [
+        [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+        [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+        [-sp, cp * sr, cp * cr],
+    ]
+    out[:3, 3] = xyz
+    return out
+
+
+@dataclass(frozen=True)
+class Joint:
+    name: str
+    kind: str  # revolute, continuous or prismatic
+    origin: tuple[float, ...]  # 12 numbers: the top three rows of the 4x4 transform, row-major
+    axis: tuple[float, float, float]  # unit vector in the joint's frame
+    lower: float  # radians or metres; continuous joints: -pi
+    upper: float  # continuous joints: pi
+
+    def __post_init__(self) -> None:
+        if self.kind not in JOINT_TYPES:
+            raise ValueError(f"joint {self.name!r}: type {self.kind!r} is not one of {', '.join(JOINT_TYPES)}")
+        if len(self.origin) != 12 or len(self.axis) != 3:
+            raise ValueError(f"joint {self.name!r}: origin needs 12 numbers and axis 3")
+        if not abs(float(np.linalg.norm(self.axis)) - 1.0) < 1e-6:
+            raise ValueError(f"joint {self.name!r}: axis {list(self.axis)} is not a unit vector")
+        if not self.lower < self.upper:
+            raise ValueError(f"joint {self.name!r}: limits need lower < upper, got {self.lower}, {self.upper}")
+
+    @property
+    def periodic(self) -> bool:
+        """An angle that comes back to itself within the limits: learned and merged modulo 2 pi."""
+        return self.kind == "continuous" or (self.kind == "revolute" and self.upper - self.lower > TWO_PI + 1e-9)
+
+
+def _matrix(rows: tuple[float, ...]) -> NDArray[np.float64]:
+    out = np.eye(4)
+    out[:3, :] = np.asarray(rows, dtype=np.float64).reshape(3, 4)
+    return out
+
+
+def _rows(matrix: NDArray[np.float64]) -> tuple[float, ...]:
+    return tuple(float(v) for v in matrix[:3, :].ravel())
+
+
+@dataclass(frozen=True)
+class SerialChain:
+    joints: tuple[Joint, ...]
+    tip: tuple[float, ...]  # 12 numbers: the fixed transform from the last joint to the tip link
+    target: str = "pose"  # planar, position or pose
+    base_link: str = "base"
+    tip_link: str = "tip"
+    source: str = ""  # the URDF's file name, when it came from one
+
+    def __post_init__(self) -> None:
+        if not self.joints:
+            raise ValueError("a chain needs at least one movable joint")
+        if self.target not in TARGET_WIDTH:
+            raise ValueError(f"target {self.target!r} is not one of {', '.join(TARGET_WIDTH)}")
+        if len(self.tip) != 12:
+            raise ValueError("the tip transform needs 12 numbers")
+        object.__setattr__(self, "_origins", np.stack([_matrix(j.origin) for j in self.joints]))
+        object.__setattr__(self, "_tip", _matrix(self.tip))
+        object.__setattr__(self, "_axes", np.array([j.axis for j in self.joints], dtype=np.float64))
+        object.__setattr__(self, "_limits", np.array([(j.lower, j.upper) for j in self.joints], dtype=np.float64))
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joints)
+
+    @property
+    def limits(self) -> NDArray[np.float64]:
+        """(J, 2) lower and upper limits."""
+        out: NDArray[np.float64] = self._limits  # type: ignore[attr-defined]
+        return out
+
+    @property
+    def periodic(self) -> NDArray[np.bool_]:
+        return np.array([j.periodic for j in self.joints])
+
+    @property
+    def unbounded(self) -> NDArray[np.bool_]:
+        """Continuous joints: any angle is allowed."""
+        return np.array([j.kind == "continuous" for j in self.joints])
+
+    @property
+    def target_width(self) -> int:
+        return TARGET_WIDTH[self.target]
+
+    @property
+    def feature_width(self) -> int:
+        return FEATURE_WIDTH[self.target]
+
+    @property
+    def reach(self) -> float:
+        """An upper bound on the tip's distance from the first joint (links plus prismatic travel)."""
+        offsets = [float(np.linalg.norm(np.asarray(j.origin).reshape(3, 4)[:, 3])) for j in self.joints[1:]]
+        travel = [max(abs(j.lower), abs(j.upper)) for j in self.joints if j.kind == "prismatic"]
+        return sum(offsets) + float(np.linalg.norm(np.asarray(self.tip).reshape(3, 4)[:, 3])) + sum(travel)
+
+    @property
+    def base_offset(self) -> NDArray[np.float64]:
+        """Where the first joint sits in the base frame (the centre of the reachable ball)."""
+        out: NDArray[np.float64] = self._origins[0, :3, 3]  # type: ignore[attr-defined]
+        return out
+
+    def forward(self, q: FloatArray) -> NDArray[np.float64]:
+        """Tip transforms (..., 4, 4) for joint values q (..., J)."""
+        return self._walk(np.asarray(q, dtype=np.float64), jacobian=False)[0]
+
+    def forward_and_jacobian(self, q: FloatArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Tip transforms (..., 4, 4) and geometric Jacobians (..., 6, J) in the base frame.
+
+        Rows 0-2: linear velocity of the tip; rows 3-5: angular velocity.
+        """
+        transforms, jac = self._walk(np.asarray(q, dtype=np.float64), jacobian=True)
+        assert jac is not None
+        return transforms, jac
+
+    def _walk(self, q: NDArray[np.float64], jacobian: bool) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        lead = q.shape[:-1]
+        rot = np.broadcast_to(np.eye(3), (*lead, 3, 3))
+        pos = np.zeros((*lead, 3))
+        axes_world, origins_world = [], []
+        origins, axes = self._origins, self._axes  # type: ignore[attr-defined]
+        for i, joint in enumerate(self.joints):
+            pos = pos + rot @ origins[i, :3, 3]
+            rot = rot @ origins[i, :3, :3]
+            axis_world = rot @ axes[i]  # (..., 3)
+            if joint.kind == "prismatic":
+                pos = pos + axis_world * q[..., i : i + 1]
+            else:
+                rot = rot @ _rotation(axes[i], q[..., i])
+            axes_world.append(axis_world)
+            origins_world.append(pos)
+        tip = self._tip  # type: ignore[attr-defined]
+        pos = pos + rot @ tip[:3, 3]
+        rot = rot @ tip[:3, :3]
+        out = np.zeros((*lead, 4, 4))
+        out[..., :3, :3], out[..., :3, 3], out[..., 3, 3] = rot, pos, 1.0
+        if not jacobian:
+            return out, None
+        jac = np.zeros((*lead, 6, self.num_joints))
+        for i, joint in enumerate(self.joints):
+            if joint.kind == "prismatic":
+                jac[..., :3, i] = axes_world[i]
+            else:
+                jac[..., :3, i] = np.cross(axes_world[i], pos - origins_world[i])
+                jac[..., 3:, i] = axes_world[i]
+        return out, jac
+
+    def within_limits(self, q: FloatArray, slack: float = 0.0) -> NDArray[np.bool_]:
+        """True where every joint value (..., J) lies inside its limits (widened by slack)."""
+        lim = self.limits
+        inside = (q >= lim[:, 0] - slack) & (q <= lim[:, 1] + slack)
+        out: NDArray[np.bool_] = np.all(inside | self.unbounded, axis=-1)
+        return out
+
+    def to_metadata(self) -> dict[str, object]:
+        """The metadata's `kinematics` block; mdn_core.contract.parse_kinematics reads it back."""
+        return {
+            "type": "serial_chain",
+            "target": self.target,
+            "base_link": self.base_link,
+            "tip_link": self.tip_link,
+            "source": self.source,
+            "joints": [
+                {"name": j.name, "type": j.kind, "origin": list(j.origin), "axis": list(j.axis),
+                 "lower": j.lower, "upper": j.upper}
+                for j in self.joints
+            ],
+            "tip": list(self.tip),
+        }  # fmt: skip
+
+
+def _rotation(axis: NDArray[np.float64], angle: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Rotations (..., 3, 3) by angle (...) about one unit axis (Rodrigues)."""
+    kx, ky, kz = axis
+    k = np.array([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]])
+    s, c = np.sin(angle)[..., None, None], np.cos(angle)[..., None, None]
+    out: NDArray[np.float64] = np.eye(3) + s * k + (1.0 - c) * (k @ k)
+    return out
+
+
+def planar_chain(link_lengths: tuple[float, ...], joint_limits: tuple[tuple[float, float], ...]) -> SerialChain:
+    """A planar arm as a chain: z-axis revolute joints, each link along the previous one's x axis."""
+    joints = []
+    for i, (low, high) in enumerate(joint_limits):
+        offset = link_lengths[i - 1] if i else 0.0
+        joints.append(Joint(f"joint{i + 1}", "revolute", _rows(transform((offset, 0.0, 0.0), (0.0, 0.0, 0.0))),
+                            (0.0, 0.0, 1.0), low, high))  # fmt: skip
+    tip = _rows(transform((link_lengths[-1], 0.0, 0.0), (0.0, 0.0, 0.0)))
+    return SerialChain(tuple(joints), tip, target="planar", base_link="base", tip_link="tip")
+
+
+# ---------------------------------------------------------------- rotations and targets
+
+
+def quaternion_matrix(quat: FloatArray) -> NDArray[np.float64]:
+    """Rotation matrices (..., 3, 3) of unit quaternions (..., 4) in (qx, qy, qz, qw) order."""
+    q = np.asarray(quat, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    out = np.empty((*q.shape[:-1], 3, 3))
+    out[..., 0, 0] = 1 - 2 * (y * y + z * z)
+    out[..., 0, 1] = 2 * (x * y - z * w)
+    out[..., 0, 2] = 2 * (x * z + y * w)
+    out[..., 1, 0] = 2 * (x * y + z * w)
+    out[..., 1, 1] = 1 - 2 * (x * x + z * z)
+    out[..., 1, 2] = 2 * (y * z - x * w)
+    out[..., 2, 0] = 2 * (x * z - y * w)
+    out[..., 2, 1] = 2 * (y * z + x * w)
+    out[..., 2, 2] = 1 - 2 * (x * x + y * y)
+    return out
+
+
+def matrix_quaternion(rot: FloatArray) -> NDArray[np.float64]:
+    """Unit quaternions (..., 4), (qx, qy, qz, qw) with qw >= 0, of rotation matrices (..., 3, 3)."""
+    r = np.asarray(rot, dtype=np.float64)
+    # Each candidate is accurate where its component is large; take the largest per matrix.
+    t = np.stack([1 + r[..., 0, 0] - r[..., 1, 1] - r[..., 2, 2], 1 - r[..., 0, 0] + r[..., 1, 1] - r[..., 2, 2],
+                  1 - r[..., 0, 0] - r[..., 1, 1] + r[..., 2, 2], 1 + r[..., 0, 0] + r[..., 1, 1] + r[..., 2, 2]],
+                 axis=-1)  # fmt: skip
+    which = np.argmax(t, axis=-1)
+    x01, x02, x12 = r[..., 0, 1] + r[..., 1, 0], r[..., 0, 2] + r[..., 2, 0], r[..., 1, 2] + r[..., 2, 1]
+    d21, d02, d10 = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]
+    cands = np.stack(
+        [
+            np.stack([t[..., 0], x01, x02, d21], -1),
+            np.stack([x01, t[..., 1], x12, d02], -1),
+            np.stack([x02, x12, t[..., 2], d10], -1),
+            np.stack([d21, d02, d10, t[..., 3]], -1),
+        ],
+        axis=-2,
+    )  # (..., 4 candidates, 4)
+    q = np.take_along_axis(cands, which[..., None, None], axis=-2)[..., 0, :]
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    out: NDArray[np.float64] = np.where(q[..., 3:4] < 0, -q, q)
+    return out
+
+
+def rotation_log(rot: FloatArray) -> NDArray[np.float64]:
+    """The rotation vector (axis times angle, (..., 3)) of rotation matrices (..., 3, 3), stable near 0 and pi."""
+    r = np.asarray(rot, dtype=np.float64)
+    vee = 0.5 * np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
+    sin = np.linalg.norm(vee, axis=-1)
+    cos = 0.5 * (np.trace(r, axis1=-2, axis2=-1) - 1.0)
+    angle = np.arctan2(sin, cos)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(sin > 1e-12, angle / sin, 1.0)
+    out = vee * scale[..., None]
+    # Near pi, sin is tiny and the skew part loses the axis: read it from the symmetric part.
+    near_pi = (cos < 0.0) & (sin < 1e-4)
+    if np.any(near_pi):
+        # (R + R^T) / 2 - cos I = (1 - cos) a a^T: any column with a large diagonal entry is along a.
+        sym = 0.5 * (r[near_pi] + np.swapaxes(r[near_pi], -1, -2)) - cos[near_pi][:, None, None] * np.eye(3)
+        col = np.argmax(np.einsum("nii->ni", sym), axis=-1)
+        axis = np.take_along_axis(sym, col[:, None, None], axis=-1)[..., 0]
+        axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
+        sign = np.where(np.sum(axis * vee[near_pi], axis=-1) < 0, -1.0, 1.0)[:, None]
+        out[near_pi] = sign * axis * angle[near_pi][:, None]
+    return out
+
+
+def rotation_6d(rot: FloatArray) -> NDArray[np.float64]:
+    """The continuous 6-D encoding of rotations (..., 3, 3): the first two columns, (..., 6)."""
+    r = np.asarray(rot, dtype=np.float64)
+    out: NDArray[np.float64] = np.concatenate([r[..., :, 0], r[..., :, 1]], axis=-1)
+    return out
+
+
+def pose_targets(transforms: FloatArray) -> NDArray[np.float64]:
+    """Transforms (..., 4, 4) as pose targets (..., 7): x, y, z, qx, qy, qz, qw."""
+    t = np.asarray(transforms, dtype=np.float64)
+    out: NDArray[np.float64] = np.concatenate([t[..., :3, 3], matrix_quaternion(t[..., :3, :3])], axis=-1)
+    return out
+
+
+def target_features(target: str, targets: FloatArray) -> NDArray[np.float32]:
+    """What the network takes for targets in a layout: planar and position as they are, a pose as
+    its position plus the 6-D encoding of its quaternion (normalised here)."""
+    t = np.asarray(targets, dtype=np.float64)
+    if target != "pose":
+        return np.ascontiguousarray(t, dtype=np.float32)
+    out = np.concatenate([t[..., :3], rotation_6d(quaternion_matrix(t[..., 3:7]))], axis=-1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def task_of(target: str, transforms: FloatArray) -> NDArray[np.float64]:
+    """What a target layout constrains of tip transforms (..., 4, 4): (x, y), (x, y, z) or the transform."""
+    t = np.asarray(transforms, dtype=np.float64)
+    if target == "planar":
+        return t[..., :2, 3]
+    if target == "position":
+        return t[..., :3, 3]
+    return t
