@@ -192,7 +192,7 @@ def solve(
     max_solutions: int = 0,
     refine_solutions: bool = True,
     tolerance: float = 0.0,
-    num_samples: int = 0,
+    num_samples: int | None = None,
     seed: int | None = None,
     modes: Modes | None = None,
     orientation_tolerance: float = 0.0,
@@ -200,14 +200,15 @@ def solve(
 ) -> Solutions:
     """Every distinct solution for each target, seeded from the mixture, optionally refined.
 
-    targets (B, chain.target_width); modes: the mixture's modes when already searched for; 0 for
-    tolerance, orientation_tolerance or num_samples means the chain's default; seed_state (B, J)
-    or (1, J): one more seed per target, and the reference for turns and ranking.
+    targets (B, chain.target_width); modes: the mixture's modes when already searched for (or any
+    seeds with their mass); 0 for tolerance or orientation_tolerance, and None for num_samples,
+    mean the chain's default; seed_state (B, J) or (1, J): one more seed per target, and the
+    reference for turns and ranking.
     """
     batch = len(targets)
     tol = tolerance or DEFAULT_TOLERANCE[chain.target]
     rot_tol = orientation_tolerance or DEFAULT_ORIENTATION_TOLERANCE
-    draws = num_samples or DEFAULT_SAMPLES[chain.target]
+    draws = DEFAULT_SAMPLES[chain.target] if num_samples is None else num_samples
     if modes is None:
         modes = mixture_modes(weights, means, scales)
     seeds = np.nan_to_num(modes.modes.astype(np.float64), nan=0.0)  # (B, M, J)

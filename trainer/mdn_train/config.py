@@ -8,8 +8,10 @@ from typing import Any
 
 from mdn_train.errors import TrainerError
 
-BUILTIN_DATASETS = ("inverse_sine", "two_link_arm", "three_link_arm")
+BUILTIN_DATASETS = ("inverse_sine", "two_link_arm", "three_link_arm", "panda", "ur5")
 ARM_DATASETS = ("two_link_arm", "three_link_arm")
+ROBOT_DATASETS = ("panda", "ur5")  # URDFs shipped by example-robot-data
+CHAIN_TARGETS = ("pose", "position")
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
 
 
@@ -23,6 +25,11 @@ class DataConfig:
     # two_link_arm
     link_lengths: tuple[float, ...] = (0.8, 0.2)
     joint_limits: tuple[tuple[float, float], ...] = ((0.3, 1.2), (-math.pi / 2, math.pi / 2))
+    # urdf (any serial chain) and the built-in robots
+    urdf: str = ""
+    base_link: str = ""
+    tip_link: str = ""
+    target: str = "pose"  # pose (position and orientation) or position
     # table
     path: str = ""
     input_columns: tuple[str, ...] = ()
@@ -73,7 +80,11 @@ class RunConfig:
         problems = []
         if not self.name or "/" in self.name or self.name.startswith("."):
             problems.append(f"model name {self.name!r} must be non-empty, without '/', not starting with '.'")
-        if d.dataset not in (*BUILTIN_DATASETS, "table"):
+        if d.dataset == "urdf" and not (d.urdf and d.base_link and d.tip_link):
+            problems.append("a URDF dataset needs --urdf, --base-link and --tip-link")
+        if d.target not in CHAIN_TARGETS:
+            problems.append(f"target {d.target!r} is not one of {', '.join(CHAIN_TARGETS)}")
+        if d.dataset not in (*BUILTIN_DATASETS, "table", "urdf"):
             problems.append(f"unknown dataset {d.dataset!r}; choose one of {', '.join(BUILTIN_DATASETS)} or a file")
         if d.num_samples < 50:
             problems.append(f"num_samples must be >= 50, got {d.num_samples}")
@@ -143,6 +154,15 @@ def default_config(dataset: str) -> RunConfig:
             ),
             model=ModelConfig(components=10, hidden=(128, 128, 128), activation="tanh", scale_floor=1e-3),
             train=TrainConfig(epochs=150, batch_size=512, learning_rate=2e-3, patience=30),
+        )
+    if dataset in ROBOT_DATASETS or dataset == "urdf":
+        # Real arms, full 6-D pose: 6-7 joints, several branches per pose (and self-motion for the
+        # Panda). The mixture's modes and draws are seeds for the served refinement.
+        return RunConfig(
+            name=dataset,
+            data=DataConfig(dataset=dataset, num_samples=200_000, target="pose"),
+            model=ModelConfig(components=16, hidden=(256, 256, 256), activation="silu", scale_floor=1e-3),
+            train=TrainConfig(epochs=40, batch_size=1024, learning_rate=2e-3, patience=8),
         )
     raise TrainerError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
 

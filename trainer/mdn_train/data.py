@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from mdn_core.chain import SerialChain, pose_targets, target_features
 from mdn_core.kinematics import PlanarArm
 from numpy.typing import NDArray
 
-from mdn_train.config import ARM_DATASETS, DataConfig
+from mdn_train.config import ARM_DATASETS, ROBOT_DATASETS, DataConfig
 from mdn_train.errors import TrainerError
+from mdn_train.urdf import ROBOTS, load_chain, robot_urdf
 
 Array = NDArray[np.float32]
 
@@ -23,13 +25,22 @@ class Dataset:
     targets: Array  # (N, D)
     input_names: tuple[str, ...]
     target_names: tuple[str, ...]
-    task: str  # "inverse_sine", "two_link_arm" or "table"
-    arm: PlanarArm | None = None
+    task: str  # "inverse_sine", "two_link_arm", "robot_ik" or "table"
+    arm: PlanarArm | None = None  # planar arms (closed-form evaluation)
+    chain: SerialChain | None = None  # what the exported metadata describes, for every arm
 
     def subset(self, index: NDArray[np.intp]) -> Dataset:
         return Dataset(
-            self.inputs[index], self.targets[index], self.input_names, self.target_names, self.task, self.arm
-        )
+            self.inputs[index], self.targets[index], self.input_names, self.target_names, self.task, self.arm,
+            self.chain,
+        )  # fmt: skip
+
+    @property
+    def kinematics(self) -> dict[str, object] | None:
+        """The metadata's kinematics block: planar arms as before, other chains as serial chains."""
+        if self.arm is not None:
+            return self.arm.to_metadata()
+        return self.chain.to_metadata() if self.chain is not None else None
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,45 @@ def make_planar_arm(arm: PlanarArm, num_samples: int, rng: np.random.Generator) 
         target_names=tuple(f"theta{i + 1}" for i in range(arm.num_joints)),
         task="two_link_arm" if arm.num_joints == 2 else "planar_arm",
         arm=arm,
+        chain=arm.chain,
     )
+
+
+POSE_INPUTS = ("x", "y", "z", "r11", "r21", "r31", "r12", "r22", "r32")  # position, then R's first two columns
+
+
+def wrap_periodic(chain: SerialChain, q: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Periodic joints (range over 2 pi) as their principal value in (-pi, pi]: what the network learns."""
+    wrapped = np.pi - np.mod(np.pi - np.asarray(q, dtype=np.float64), 2 * np.pi)
+    out: NDArray[np.float64] = np.where(chain.periodic, wrapped, q)
+    return out
+
+
+def make_robot(chain: SerialChain, num_samples: int, rng: np.random.Generator) -> Dataset:
+    """Joint values uniform within the limits; inputs the tip's pose (or position) by forward kinematics."""
+    lim = chain.limits
+    q = rng.uniform(lim[:, 0], lim[:, 1], (num_samples, chain.num_joints))
+    reached = chain.forward(q)
+    names: tuple[str, ...] = POSE_INPUTS
+    if chain.target == "pose":
+        inputs = target_features("pose", pose_targets(reached))
+    else:
+        inputs, names = reached[:, :3, 3].astype(np.float32), POSE_INPUTS[:3]
+    return Dataset(
+        inputs=inputs,
+        targets=wrap_periodic(chain, q).astype(np.float32),
+        input_names=names,
+        target_names=tuple(j.name for j in chain.joints),
+        task="robot_ik",
+        chain=chain,
+    )
+
+
+def chain_from_config(config: DataConfig) -> SerialChain:
+    if config.dataset in ROBOT_DATASETS:
+        _, base, tip = ROBOTS[config.dataset]
+        return load_chain(robot_urdf(config.dataset), base, tip, config.target)
+    return load_chain(Path(config.urdf), config.base_link, config.tip_link, config.target)
 
 
 def load_table(path: Path, input_columns: tuple[str, ...], target_columns: tuple[str, ...]) -> Dataset:
@@ -177,6 +226,8 @@ def make_dataset(config: DataConfig) -> Dataset:
     if config.dataset in ARM_DATASETS:
         data = make_planar_arm(arm_from_config(config), config.num_samples, rng)
         return Dataset(data.inputs, data.targets, data.input_names, data.target_names, config.dataset, data.arm)
+    if config.dataset in (*ROBOT_DATASETS, "urdf"):
+        return make_robot(chain_from_config(config), config.num_samples, rng)
     if config.dataset == "table":
         return load_table(Path(config.path), config.input_columns, config.target_columns)
     raise TrainerError(f"unknown dataset {config.dataset!r}")

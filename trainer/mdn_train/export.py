@@ -39,6 +39,7 @@ from mdn_train.errors import TrainerError
 from mdn_train.evaluate import OnnxMixture, evaluate, write_report
 from mdn_train.model import MDN, LeastSquares, MixtureExport
 from mdn_train.plots import make_plots
+from mdn_train.robot_eval import robot_ik_metrics
 from mdn_train.train import CHECKPOINT, load_checkpoint
 
 PARITY_TOLERANCE = 1e-5
@@ -135,6 +136,8 @@ def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plot
 
         residual_std = checkpoint["baseline_residual_std"].numpy().astype(np.float64)
         metrics = evaluate(predictor, predict_baseline, residual_std, test)
+        if test.arm is None and test.chain is not None:  # a robot arm: the served IK on held-out poses
+            metrics["ik"] = robot_ik_metrics(predictor, test)
         metrics["onnx_parity_max_abs_error"] = max_err
 
         meta = build_metadata(
@@ -179,7 +182,7 @@ def _input_range(run: RunConfig) -> dict[str, list[float]]:
 def _test_split(run: RunConfig, checkpoint: dict[str, Any]) -> Dataset:
     """Rebuild the held-out split exactly as training made it (data and splits are seeded)."""
     test = split(make_dataset(run.data), run.data).test
-    if checkpoint["kinematics"] is not None and test.arm is None:
+    if checkpoint["kinematics"] is not None and test.arm is None and test.chain is None:
         return Dataset(
             test.inputs,
             test.targets,

@@ -119,7 +119,7 @@ def fit_models(run: RunConfig, splits: Splits, progress: bool = True) -> dict[st
         "task": data.task,
         "input_names": list(data.input_names),
         "output_names": list(data.target_names),
-        "kinematics": data.arm.to_metadata() if data.arm is not None else None,
+        "kinematics": data.kinematics,
         "mdn_state": mdn.state_dict(),
         "baseline_state": baseline.state_dict(),
         "baseline_residual_std": residual_std,
@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--all", action="store_true", help="train every built-in dataset with its defaults")
     what.add_argument("--dataset", help=f"a built-in dataset: {', '.join(BUILTIN_DATASETS)}")
     what.add_argument("--data", type=Path, help="a CSV (header row) or NPZ file of named columns")
+    what.add_argument("--urdf", type=Path, help="a URDF file: train IK for the chain --base-link .. --tip-link")
+    p.add_argument("--base-link", help="with --urdf: the chain's base link")
+    p.add_argument("--tip-link", help="with --urdf: the chain's tip link")
+    p.add_argument("--position-only", action="store_true", help="with --urdf: targets are positions, not poses")
     p.add_argument("--inputs", type=_csv_list, help="input columns of --data, comma-separated")
     p.add_argument("--targets", type=_csv_list, help="target columns of --data, comma-separated")
     p.add_argument("--name", help="model name (default: the dataset's name or the file's stem)")
@@ -228,6 +232,15 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
         bases = [default_config(name) for name in BUILTIN_DATASETS]
     elif args.dataset:
         bases = [default_config(args.dataset)]
+    elif args.urdf:
+        if not (args.base_link and args.tip_link):
+            raise TrainerError("--urdf needs --base-link and --tip-link (the chain's first and last link)")
+        base = default_config("urdf")
+        data = {"dataset": "urdf", "urdf": str(args.urdf), "base_link": args.base_link, "tip_link": args.tip_link,
+                "target": "position" if args.position_only else "pose"}  # fmt: skip
+        bases = [
+            RunConfig.from_dict({**base.to_dict(), "name": args.urdf.stem, "data": {**base.to_dict()["data"], **data}})
+        ]
     else:
         base = default_config("inverse_sine")
         data = {

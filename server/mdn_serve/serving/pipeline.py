@@ -97,8 +97,8 @@ def postprocess(
             spec, part = ask.ik, mix.rows(a, b)
             targets = x[a:b] if spec.targets is None else spec.targets
             solutions = solve(
-                chain, targets, *part, spec.max_solutions, spec.refine, spec.tolerance, spec.num_samples, spec.seed,
-                found, spec.orientation_tolerance, spec.seed_state,
+                chain, targets, *part, spec.max_solutions, spec.refine, spec.tolerance, spec.num_samples or None,
+                spec.seed, found, spec.orientation_tolerance, spec.seed_state,
             )  # fmt: skip
         shown = None
         if ask.max_modes is not None and found is not None:

@@ -1,0 +1,94 @@
+"""Evaluation of a robot-arm IK model: the served Solve path on held-out reachable poses, and the same
+refinement from uniform random seeds at the same seed budget (what random-restart solvers do)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from mdn_core.chain import SerialChain, pose_targets, target_features
+from mdn_core.ik import DEFAULT_ORIENTATION_TOLERANCE, DEFAULT_SAMPLES, DEFAULT_TOLERANCE, Solutions, solve
+from mdn_core.mixture import Modes, mixture_modes
+from numpy.typing import NDArray
+
+from mdn_train.data import Dataset
+from mdn_train.evaluate import Predictor, _quantiles
+
+MAX_POSES = 2000
+RANDOM_SEED = 12345
+
+
+def held_out_targets(test: Dataset, count: int = MAX_POSES) -> tuple[SerialChain, NDArray[np.float64]]:
+    """The chain and the targets (pose or position) that the held-out joint values reach."""
+    chain = test.chain
+    assert chain is not None
+    reached = chain.forward(test.targets[:count].astype(np.float64))
+    if chain.target == "pose":
+        return chain, pose_targets(reached)
+    return chain, reached[:, :3, 3]
+
+
+def _features(chain: SerialChain, targets: NDArray[np.float64]) -> NDArray[np.float32]:
+    return target_features(chain.target, targets)
+
+
+def _summary(found: Solutions) -> dict[str, Any]:
+    returned = ~np.isnan(found.position_error)
+    out: dict[str, Any] = {
+        "success_rate": float(np.mean(found.num_solutions > 0)),
+        "solutions_per_target": float(np.mean(found.num_solutions)),
+        "position_error": _quantiles(found.position_error[returned]),
+        "joint_limit_violations": int(np.sum(returned & ~found.within_limits)),
+        "mean_iterations": float(np.mean(found.iterations[returned])) if returned.any() else float("nan"),
+    }
+    if np.isfinite(found.orientation_error[returned]).any():
+        out["orientation_error"] = _quantiles(found.orientation_error[returned])
+    return out
+
+
+def robot_ik_metrics(predict: Predictor, test: Dataset) -> dict[str, Any]:
+    """Success, distinct solutions, errors, limit violations and speed of the served IK, against random seeds."""
+    chain, targets = held_out_targets(test)
+    w, m, s = predict(_features(chain, targets))
+    modes = mixture_modes(w, m, s)
+    draws = DEFAULT_SAMPLES[chain.target]
+    served = solve(chain, targets, w, m, s, seed=0, modes=modes)
+    raw = solve(chain, targets, w, m, s, refine_solutions=False, modes=modes, num_samples=0)
+    seeds_per_target = int(np.mean(modes.num_modes)) + draws
+
+    # The same refinement from uniform random seeds, as many per target as the served path used.
+    rng = np.random.default_rng(RANDOM_SEED)
+    lim = chain.limits
+    shape = (len(targets), seeds_per_target)
+    uniform = rng.uniform(lim[:, 0], lim[:, 1], (*shape, chain.num_joints)).astype(np.float32)
+    mass = np.full(shape, 1.0 / seeds_per_target, np.float32)
+    as_seeds = Modes(uniform, np.zeros(shape, np.float32), mass, np.full(len(targets), seeds_per_target, np.int32))
+    random = solve(chain, targets, mass, uniform, np.ones_like(uniform), modes=as_seeds, num_samples=0)
+
+    metrics: dict[str, Any] = {
+        "num_targets": len(targets),
+        "target": chain.target,
+        "tolerance": DEFAULT_TOLERANCE[chain.target],
+        "orientation_tolerance": DEFAULT_ORIENTATION_TOLERANCE if chain.target == "pose" else None,
+        "seeds_per_target": seeds_per_target,
+        "mean_modes_per_target": float(np.mean(modes.num_modes)),
+        "served": _summary(served),
+        "random_seeds": _summary(random),
+        "seed_position_error_before_refinement": _quantiles(raw.position_error[~np.isnan(raw.position_error)]),
+    }
+    for batch in (1, 256):
+        metrics[f"solutions_per_second_batch_{batch}"] = _speed(predict, chain, targets[:batch])
+    return metrics
+
+
+def _speed(predict: Predictor, chain: SerialChain, targets: NDArray[np.float64], repeats: int = 3) -> float:
+    """Verified solutions per second for one batch: the network, the mode search and the refinement."""
+    best, count = float("inf"), 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        w, m, s = predict(_features(chain, targets))
+        found = solve(chain, targets, w, m, s, seed=0)
+        best = min(best, time.perf_counter() - start)
+        count = int(found.num_solutions.sum())
+    return count / best
