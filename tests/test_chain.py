@@ -183,3 +183,16 @@ def test_bad_pose_requests_are_invalid_argument(panda_server, targets, extra, me
     with MdnClient(panda_server.target) as client, pytest.raises(grpc.RpcError) as info:
         client.solve("panda", targets, **extra)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
+
+
+def test_the_command_line_client_takes_pose_targets(panda_server, capsys):
+    from mdn_serve.tools import client_cli
+
+    chain = load_chain(robot_urdf("panda"), *ROBOTS["panda"][1:])
+    pose = pose_targets(chain.forward(np.array([[0.1, 0.3, -0.2, -1.8, 0.1, 2.0, 0.5]])))[0]
+    args = ["--target", panda_server.target, "ik", "--model", "panda", "--pose", *(f"{v:.9f}" for v in pose)]
+    assert client_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "target x=" in out and "qw=" in out and "orientation error" in out
+    with pytest.raises(SystemExit, match="takes pose targets of 7 numbers each"):
+        client_cli.main(["--target", panda_server.target, "ik", "--model", "panda", "0.4", "0.1"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from mdn_serve.tools import client
+from mdn_serve.tools import client_cli as client
 
 
 def run(capsys, server, *args: str) -> tuple[int, str, str]:
@@ -81,5 +81,5 @@ def test_ik_prints_ranked_exact_solutions_and_reasons(capsys, server):
 
 
 def test_ik_needs_pairs(capsys, server):
-    with pytest.raises(SystemExit, match="x y pairs"):
+    with pytest.raises(SystemExit, match="takes planar targets of 2 numbers each"):
         client.main(["--target", server.target, "ik", "--model", "two_link_arm", "0.6"])
