@@ -105,6 +105,14 @@ class SerialChain:
         object.__setattr__(self, "_origins", np.stack([_matrix(j.origin) for j in self.joints]))
         object.__setattr__(self, "_tip", _matrix(self.tip))
         object.__setattr__(self, "_axes", np.array([j.axis for j in self.joints], dtype=np.float64))
+        # Origin rotation times the joint's rotation by q: O R(q) = O + sin(q) O K + (1 - cos(q)) O K^2,
+        # with K the axis' cross-product matrix (Rodrigues): three constant matrices per joint.
+        terms = []
+        for origin, (kx, ky, kz) in zip(self._origins, self._axes, strict=True):  # type: ignore[attr-defined]
+            k = np.array([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]])
+            rot = origin[:3, :3]
+            terms.append((rot, rot @ k, rot @ k @ k))
+        object.__setattr__(self, "_terms", terms)
         object.__setattr__(self, "_limits", np.array([(j.lower, j.upper) for j in self.joints], dtype=np.float64))
 
     @property
@@ -165,15 +173,17 @@ class SerialChain:
         rot = np.broadcast_to(np.eye(3), (*lead, 3, 3))
         pos = np.zeros((*lead, 3))
         axes_world, origins_world = [], []
-        origins, axes = self._origins, self._axes  # type: ignore[attr-defined]
+        origins, axes, terms = self._origins, self._axes, self._terms  # type: ignore[attr-defined]
         for i, joint in enumerate(self.joints):
             pos = pos + rot @ origins[i, :3, 3]
-            rot = rot @ origins[i, :3, :3]
-            axis_world = rot @ axes[i]  # (..., 3)
+            base_rot, sin_term, cos_term = terms[i]
+            axis_world = rot @ (base_rot @ axes[i])  # (..., 3)
             if joint.kind == "prismatic":
+                rot = rot @ base_rot
                 pos = pos + axis_world * q[..., i : i + 1]
             else:
-                rot = rot @ _rotation(axes[i], q[..., i])
+                angle = q[..., i, None, None]
+                rot = rot @ (base_rot + np.sin(angle) * sin_term + (1.0 - np.cos(angle)) * cos_term)
             axes_world.append(axis_world)
             origins_world.append(pos)
         tip = self._tip  # type: ignore[attr-defined]
@@ -188,7 +198,10 @@ class SerialChain:
             if joint.kind == "prismatic":
                 jac[..., :3, i] = axes_world[i]
             else:
-                jac[..., :3, i] = np.cross(axes_world[i], pos - origins_world[i])
+                a, r = axes_world[i], pos - origins_world[i]  # a x r, written out: np.cross is slow on small axes
+                jac[..., 0, i] = a[..., 1] * r[..., 2] - a[..., 2] * r[..., 1]
+                jac[..., 1, i] = a[..., 2] * r[..., 0] - a[..., 0] * r[..., 2]
+                jac[..., 2, i] = a[..., 0] * r[..., 1] - a[..., 1] * r[..., 0]
                 jac[..., 3:, i] = axes_world[i]
         return out, jac
 
@@ -214,15 +227,6 @@ class SerialChain:
             ],
             "tip": list(self.tip),
         }  # fmt: skip
-
-
-def _rotation(axis: NDArray[np.float64], angle: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Rotations (..., 3, 3) by angle (...) about one unit axis (Rodrigues)."""
-    kx, ky, kz = axis
-    k = np.array([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]])
-    s, c = np.sin(angle)[..., None, None], np.cos(angle)[..., None, None]
-    out: NDArray[np.float64] = np.eye(3) + s * k + (1.0 - c) * (k @ k)
-    return out
 
 
 def planar_chain(link_lengths: tuple[float, ...], joint_limits: tuple[tuple[float, float], ...]) -> SerialChain:

@@ -26,7 +26,7 @@ DEFAULT_TOLERANCE = {"planar": 1e-6, "position": 1e-5, "pose": 1e-5}  # metres (
 DEFAULT_ORIENTATION_TOLERANCE = 1e-4  # radians
 DEFAULT_REFINE = True  # what a request that does not say gets
 DEFAULT_SAMPLES = {"planar": 0, "position": 32, "pose": 32}  # extra seeds drawn when a request says 0
-MAX_ITERATIONS = 100
+MAX_ITERATIONS = 60
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
 
