@@ -196,3 +196,12 @@ def test_the_command_line_client_takes_pose_targets(panda_server, capsys):
     assert "target x=" in out and "qw=" in out and "orientation error" in out
     with pytest.raises(SystemExit, match="takes pose targets of 7 numbers each"):
         client_cli.main(["--target", panda_server.target, "ik", "--model", "panda", "0.4", "0.1"])
+
+
+def test_refinement_survives_singular_configurations():
+    """The UR5 stretched out (every joint at 0) is singular; damping keeps each step solvable."""
+    chain = load_chain(robot_urdf("ur5"), *ROBOTS["ur5"][1:])
+    zero = np.zeros((4, 1, 6))
+    targets = pose_targets(chain.forward(np.array([[0.0, -0.5, 0.5, 0.0, 0.3, 0.0]] * 4)))
+    refined, steps = refine(chain, targets, zero, 1e-5, 1e-4, iterations=200)
+    assert np.isfinite(refined).all() and (steps > 0).all()

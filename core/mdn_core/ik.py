@@ -27,6 +27,7 @@ DEFAULT_ORIENTATION_TOLERANCE = 1e-4  # radians
 DEFAULT_REFINE = True  # what a request that does not say gets
 DEFAULT_SAMPLES = {"planar": 0, "position": 32, "pose": 32}  # extra seeds drawn when a request says 0
 MAX_ITERATIONS = 60
+MIN_DAMPING = 1e-6
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
 
@@ -149,7 +150,8 @@ def refine(
         theta[kept], e[kept], jac[kept], pos[kept], rot[kept] = (
             trial[better], te[better], tjac[better], tpos[better], trot[better]
         )  # fmt: skip
-        damping[active] = np.where(better, lam * 0.3, lam * 4.0)
+        # Never below MIN_DAMPING: at a singular configuration J J^T alone cannot be inverted.
+        damping[active] = np.where(better, np.maximum(lam * 0.3, MIN_DAMPING), lam * 4.0)
         steps[active] += 1
         converged = (pos[active] <= tolerance) & ((rot[active] <= orientation_tolerance) | np.isnan(rot[active]))
         active = active[~converged & (damping[active] < 1e6)]

@@ -162,7 +162,7 @@ def default_config(dataset: str) -> RunConfig:
             name=dataset,
             data=DataConfig(dataset=dataset, num_samples=200_000, target="pose"),
             model=ModelConfig(components=16, hidden=(256, 256, 256), activation="silu", scale_floor=1e-3),
-            train=TrainConfig(epochs=40, batch_size=1024, learning_rate=2e-3, patience=8),
+            train=TrainConfig(epochs=30, batch_size=1024, learning_rate=2e-3, patience=8),
         )
     raise TrainerError(f"unknown dataset {dataset!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
 

@@ -59,10 +59,11 @@ def inverse_sine_optimal_nll(t: NDArray[np.floating], grid_size: int = 400_001) 
 
 def _quantiles(errors: NDArray[np.floating]) -> dict[str, float]:
     if errors.size == 0:
-        return {"median": float("nan"), "p95": float("nan"), "max": float("nan"), "mean": float("nan")}
+        return {k: float("nan") for k in ("median", "p95", "p99", "max", "mean")}
     return {
         "median": float(np.median(errors)),
         "p95": float(np.percentile(errors, 95)),
+        "p99": float(np.percentile(errors, 99)),
         "max": float(np.max(errors)),
         "mean": float(np.mean(errors)),
     }
@@ -183,11 +184,22 @@ def _lookup(metrics: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+ROBOT_TARGETS = {
+    "ik.served.success_rate": (">=", 0.995),
+    "ik.served.joint_limit_violations": ("<=", 0),
+    "ik.solutions_per_second_batch_256": (">=", 20_000),
+}
+PANDA_TARGETS = {"ik.served.solutions_per_target": (">=", 8)}
+
+
 def target_checks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Each project target that applies to these metrics, with whether it was met."""
+    robot = isinstance(metrics.get("ik"), dict) and "served" in metrics["ik"]
     targets = {
         **(ARM_TARGETS if "branch_coverage" in metrics else {}),
         **(TOY_TARGETS if "nll_gap" in metrics else {}),
+        **(ROBOT_TARGETS if robot else {}),
+        **(PANDA_TARGETS if robot and metrics.get("robot") == "panda" else {}),
     }
     checks = []
     for key, (op, bound) in targets.items():

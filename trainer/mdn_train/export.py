@@ -42,7 +42,7 @@ from mdn_train.plots import make_plots
 from mdn_train.robot_eval import robot_ik_metrics
 from mdn_train.train import CHECKPOINT, load_checkpoint
 
-PARITY_TOLERANCE = 1e-5  # absolute, plus PARITY_RELATIVE times the value (float32 kernels differ)
+PARITY_TOLERANCE = 1e-5  # absolute, plus PARITY_RELATIVE times the output's largest value
 PARITY_RELATIVE = 1e-4
 PARITY_BATCHES = (1, 1000)
 OPSET = 20
@@ -82,7 +82,8 @@ def export_onnx(mdn: MDN, path: Path) -> None:
 
 def check_parity(mdn: MDN, model_bytes: bytes, seed: int = 0) -> float:
     """Max abs difference between ONNX Runtime and PyTorch; raises where an output differs by more
-    than PARITY_TOLERANCE + PARITY_RELATIVE * |value| (wide networks sum in a different order)."""
+    than PARITY_TOLERANCE + PARITY_RELATIVE * (that output's largest magnitude): float32 kernels
+    sum in another order, and wide networks fed inputs far from the data reach large values."""
     runner = OnnxMixture(model_bytes)
     rng = np.random.default_rng(seed)
     mean, std = mdn.x_norm.mean.numpy(), mdn.x_norm.std.numpy()
@@ -97,12 +98,11 @@ def check_parity(mdn: MDN, model_bytes: bytes, seed: int = 0) -> float:
                 raise TrainerError(f"parity: {name} has shape {a.shape} in ONNX, {b.shape} in PyTorch")
             gap = np.abs(a - b)
             worst = max(worst, float(np.max(gap)))
-            over = gap > PARITY_TOLERANCE + PARITY_RELATIVE * np.abs(b)
-            if over.any():
-                i = np.unravel_index(np.argmax(np.where(over, gap, 0.0)), gap.shape)
+            allowed = PARITY_TOLERANCE + PARITY_RELATIVE * float(np.max(np.abs(b)))
+            if np.max(gap) > allowed:
                 raise TrainerError(
-                    f"ONNX Runtime differs from PyTorch in {name} by {gap[i]:.3g} at a value of {b[i]:.4g} "
-                    f"(allowed: {PARITY_TOLERANCE:g} + {PARITY_RELATIVE:g} x |value|)"
+                    f"ONNX Runtime differs from PyTorch in {name} by {np.max(gap):.3g} (allowed {allowed:.3g}: "
+                    f"{PARITY_TOLERANCE:g} + {PARITY_RELATIVE:g} x the largest |{name}|)"
                 )
     return worst
 
@@ -146,6 +146,7 @@ def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plot
         metrics = evaluate(predictor, predict_baseline, residual_std, test)
         if test.arm is None and test.chain is not None:  # a robot arm: the served IK on held-out poses
             metrics["ik"] = robot_ik_metrics(predictor, test)
+            metrics["robot"] = run.data.dataset
         metrics["onnx_parity_max_abs_error"] = max_err
 
         meta = build_metadata(
