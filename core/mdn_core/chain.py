@@ -159,6 +159,12 @@ class SerialChain:
         """Tip transforms (..., 4, 4) for joint values q (..., J)."""
         return self._walk(np.asarray(q, dtype=np.float64), jacobian=False)[0]
 
+    def joint_positions(self, q: FloatArray) -> NDArray[np.float64]:
+        """Where each movable joint and then the tip sit in the base frame: (..., J + 1, 3), for drawing."""
+        points = self._walk(np.asarray(q, dtype=np.float64), jacobian=False, keep_origins=True)[1]
+        assert points is not None
+        return points
+
     def forward_and_jacobian(self, q: FloatArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Tip transforms (..., 4, 4) and geometric Jacobians (..., 6, J) in the base frame.
 
@@ -168,7 +174,10 @@ class SerialChain:
         assert jac is not None
         return transforms, jac
 
-    def _walk(self, q: NDArray[np.float64], jacobian: bool) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+    def _walk(
+        self, q: NDArray[np.float64], jacobian: bool, keep_origins: bool = False
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        """The tip transforms, and the Jacobian (jacobian=True) or the joints' positions (keep_origins=True)."""
         lead = q.shape[:-1]
         rot = np.broadcast_to(np.eye(3), (*lead, 3, 3))
         pos = np.zeros((*lead, 3))
@@ -191,6 +200,8 @@ class SerialChain:
         rot = rot @ tip[:3, :3]
         out = np.zeros((*lead, 4, 4))
         out[..., :3, :3], out[..., :3, 3], out[..., 3, 3] = rot, pos, 1.0
+        if keep_origins:
+            return out, np.stack([*origins_world, pos], axis=-2)
         if not jacobian:
             return out, None
         jac = np.zeros((*lead, 6, self.num_joints))

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from mdn_core.chain import target_features
 from mdn_core.ik import solve
 from mdn_core.kinematics import PlanarArm
 from mdn_core.mixture import log_density, mixture_modes
@@ -20,6 +21,7 @@ from numpy.typing import NDArray
 
 from mdn_train.data import Dataset
 from mdn_train.evaluate import Baseline, Predictor
+from mdn_train.robot_eval import held_out_targets
 
 
 def make_plots(out_dir: Path, test: Dataset, predict: Predictor, baseline: Baseline) -> list[Path]:
@@ -27,6 +29,8 @@ def make_plots(out_dir: Path, test: Dataset, predict: Predictor, baseline: Basel
     out_dir.mkdir(parents=True, exist_ok=True)
     if test.task == "inverse_sine":
         return [_toy_density(out_dir, test, predict, baseline), _toy_weights(out_dir, test, predict)]
+    if test.arm is None and test.chain is not None:
+        return [_robot_solutions(out_dir, test, predict), _seed_errors(out_dir, test, predict)]
     if test.arm is not None:
         plots = [_arm_errors(out_dir, test, predict, baseline)]
         if test.arm.num_joints == 2:
@@ -161,3 +165,40 @@ def _arm_ik_configurations(out_dir: Path, test: Dataset, predict: Predictor) -> 
            title=f"{found.num_solutions[b]} IK solutions for ({x[b, 0]:.2f}, {x[b, 1]:.2f})")  # fmt: skip
     ax.legend(fontsize="x-small", loc="lower right")
     return _save(fig, out_dir / "arm_ik_solutions.png")
+
+
+def _robot_solutions(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
+    """Several served solutions for one pose, drawn as 3-D stick figures of the arm."""
+    chain, targets = held_out_targets(test, 64)
+    w, m, s = predict(target_features(chain.target, targets))
+    found = solve(chain, targets, w, m, s, seed=0)
+    b = int(np.argmax(found.num_solutions))
+    fig = plt.figure(figsize=(6.5, 6))
+    ax = fig.add_subplot(projection="3d")
+    shown = min(int(found.num_solutions[b]), 8)
+    for j in range(shown):
+        points = chain.joint_positions(found.solutions[b, j].astype(np.float64))
+        ax.plot(*points.T, marker="o", ms=3, lw=2, color=f"C{j}", label=f"mass {found.score[b, j]:.2f}")
+    ax.scatter(*targets[b, :3], marker="*", s=200, color="k", label="target")
+    ax.set(xlabel="x (m)", ylabel="y (m)", zlabel="z (m)",
+           title=f"{shown} of {int(found.num_solutions[b])} solutions for one pose ({test.task})")  # fmt: skip
+    ax.legend(fontsize="small", loc="upper left")
+    return _save(fig, out_dir / "robot_solutions.png")
+
+
+def _seed_errors(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
+    """How far the mixture's modes land from the target before refinement, against uniform seeds."""
+    chain, targets = held_out_targets(test, 500)
+    w, m, s = predict(target_features(chain.target, targets))
+    raw = solve(chain, targets, w, m, s, refine_solutions=False, num_samples=0)
+    errors = raw.position_error[~np.isnan(raw.position_error)]
+    uniform = np.random.default_rng(0).uniform(chain.limits[:, 0], chain.limits[:, 1], (len(targets), chain.num_joints))
+    random_errors = np.linalg.norm(chain.forward(uniform)[:, :3, 3] - targets[:, :3], axis=-1)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = np.logspace(-4, 0.5, 50).tolist()
+    ax.hist(np.clip(errors, 1e-4, None), bins=bins, alpha=0.7, label="mixture modes")
+    ax.hist(np.clip(random_errors, 1e-4, None), bins=bins, alpha=0.7, label="uniform random seeds")
+    ax.set(xscale="log", xlabel="position error of the seed before refinement (m)", ylabel="seeds",
+           title="Where refinement starts")  # fmt: skip
+    ax.legend()
+    return _save(fig, out_dir / "seed_errors.png")
