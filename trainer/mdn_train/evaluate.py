@@ -190,6 +190,7 @@ ROBOT_TARGETS = {
     "ik.solutions_per_second_batch_256": (">=", 20_000),
 }
 PANDA_TARGETS = {"ik.served.solutions_per_target": (">=", 8)}
+UR5_TARGETS = {"ik.finds_every_restart_solution": (">=", 0.99)}
 
 
 def target_checks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -200,6 +201,7 @@ def target_checks(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         **(TOY_TARGETS if "nll_gap" in metrics else {}),
         **(ROBOT_TARGETS if robot else {}),
         **(PANDA_TARGETS if robot and metrics.get("robot") == "panda" else {}),
+        **(UR5_TARGETS if robot and metrics.get("robot") == "ur5" else {}),
     }
     checks = []
     for key, (op, bound) in targets.items():

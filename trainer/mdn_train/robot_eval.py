@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 from mdn_core.chain import SerialChain, pose_targets, target_features
-from mdn_core.ik import DEFAULT_ORIENTATION_TOLERANCE, DEFAULT_SAMPLES, DEFAULT_TOLERANCE, Solutions, solve
+from mdn_core.ik import (
+    DEFAULT_ORIENTATION_TOLERANCE,
+    DEFAULT_SAMPLES,
+    DEFAULT_TOLERANCE,
+    Solutions,
+    joint_distance,
+    solve,
+)
 from mdn_core.mixture import Modes, mixture_modes
 from numpy.typing import NDArray
 
@@ -79,7 +86,39 @@ def robot_ik_metrics(predict: Predictor, test: Dataset) -> dict[str, Any]:
     }
     for batch in (1, 256):
         metrics[f"solutions_per_second_batch_{batch}"] = _speed(predict, chain, targets[:batch])
+    if chain.num_joints == 6 and chain.target == "pose":  # finitely many solutions per pose: are they all found?
+        metrics["finds_every_restart_solution"] = _coverage(chain, targets[:COVERAGE_POSES], served)
     return metrics
+
+
+COVERAGE_POSES = 200
+RESTARTS = 300
+SAME_SOLUTION_RADIANS = 1e-2
+
+
+def _coverage(chain: SerialChain, targets: NDArray[np.float64], served: Solutions) -> float:
+    """The fraction of poses for which every distinct solution that RESTARTS uniform random seeds find
+    (modulo 2 pi on periodic joints) is among the served request's solutions."""
+    rng = np.random.default_rng(RANDOM_SEED + 1)
+    lim = chain.limits
+    shape = (len(targets), RESTARTS)
+    uniform = rng.uniform(lim[:, 0], lim[:, 1], (*shape, chain.num_joints)).astype(np.float32)
+    mass = np.full(shape, 1.0 / RESTARTS, np.float32)
+    seeds = Modes(uniform, np.zeros(shape, np.float32), mass, np.full(len(targets), RESTARTS, np.int32))
+    found = solve(chain, targets, mass, uniform, np.ones_like(uniform), modes=seeds, num_samples=0)
+    covered = []
+    for b in range(len(targets)):
+        theirs = found.solutions[b, : found.num_solutions[b]].astype(np.float64)
+        ours = served.solutions[b, : served.num_solutions[b]].astype(np.float64)
+        if not len(theirs):
+            covered.append(True)
+            continue
+        if not len(ours):
+            covered.append(False)
+            continue
+        gap = joint_distance(chain, theirs[:, None, :], ours[None, :, :]).max(axis=-1)  # (theirs, ours)
+        covered.append(bool(np.all(gap.min(axis=1) <= SAME_SOLUTION_RADIANS)))
+    return float(np.mean(covered))
 
 
 def _speed(predict: Predictor, chain: SerialChain, targets: NDArray[np.float64], repeats: int = 3) -> float:
