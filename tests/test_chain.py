@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -205,3 +206,13 @@ def test_refinement_survives_singular_configurations():
     targets = pose_targets(chain.forward(np.array([[0.0, -0.5, 0.5, 0.0, 0.3, 0.0]] * 4)))
     refined, steps = refine(chain, targets, zero, 1e-5, 1e-4, iterations=200)
     assert np.isfinite(refined).all() and (steps > 0).all()
+
+
+def test_the_load_generator_sends_reachable_pose_targets(panda_server, tmp_path):
+    from mdn_serve.tools import loadtest
+
+    out = tmp_path / "load.json"
+    assert loadtest.main(["--target", panda_server.target, "--model", "panda", "--rpc", "solve", "--batch", "3",
+                          "--duration", "0.5", "--warmup", "0", "--quiet", "--json", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["requests"] > 0 and set(result["codes"]) == {"OK"}

@@ -17,6 +17,8 @@ from mdn_serve.tools import loadtest
         ["--rpc", "predict", "--batch", "4", "--concurrency", "4"],
         ["--protocol", "oip", "--rpc", "modes", "--batch", "8", "--concurrency", "2"],
         ["--rpc", "sample", "--num-samples", "10", "--rate", "200"],
+        ["--rpc", "solve", "--batch", "4", "--concurrency", "2"],
+        ["--protocol", "oip", "--rpc", "solve", "--batch", "2", "--concurrency", "2"],
     ],
 )
 def test_loadtest_reports_throughput_latency_and_codes(server, tmp_path, capsys, args):

@@ -21,15 +21,13 @@ from typing import Any
 
 import grpc
 import numpy as np
-from mdn_core.chain import pose_targets, target_features, task_of
-from mdn_core.contract import parse_kinematics
-from numpy.typing import NDArray
 
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve.tools.channel import ChannelConfig, read_token
+from mdn_serve.tools.payloads import encode_request, request_inputs
 
-RPCS = ("predict", "sample", "modes")
+RPCS = ("predict", "sample", "modes", "solve")
 PROTOCOLS = ("mdn", "oip")
 MAX_DURATION = 3600.0
 DISTINCT_INPUTS = 16  # requests cycle through this many pre-encoded payloads
@@ -74,47 +72,6 @@ class LoadResult:
     @property
     def errors(self) -> int:
         return sum(n for code, n in self.codes.items() if code != "OK")
-
-
-def model_inputs(metadata: dict[str, Any], input_dim: int, batch: int, rng: np.random.Generator) -> NDArray[np.float32]:
-    """Inputs in the model's domain: reachable targets for arms, the training range otherwise."""
-    chain = parse_kinematics(metadata.get("kinematics"))
-    if chain is not None:
-        limits = chain.limits
-        reached = chain.forward(rng.uniform(limits[:, 0], limits[:, 1], (batch, chain.num_joints)))
-        if chain.target == "pose":  # the network takes a pose as features
-            return target_features("pose", pose_targets(reached))
-        return task_of(chain.target, reached).astype(np.float32)
-    low, high = metadata.get("input_min"), metadata.get("input_max")
-    if isinstance(low, list) and isinstance(high, list) and len(low) == len(high) == input_dim:
-        return rng.uniform(low, high, (batch, input_dim)).astype(np.float32)
-    return rng.standard_normal((batch, input_dim)).astype(np.float32)
-
-
-def encode_request(config: LoadConfig, x: NDArray[np.float32]) -> tuple[str, bytes]:
-    """(method path, serialized request) for one batch; raw little-endian tensors."""
-    raw = np.ascontiguousarray(x, "<f4").tobytes()
-    if config.protocol == "mdn":
-        ref = pb.ModelRef(name=config.model)
-        tensor = pb.Tensor(shape=x.shape, raw=raw)
-        message: Any
-        if config.rpc == "predict":
-            message = pb.PredictRequest(model=ref, inputs=tensor)
-        elif config.rpc == "sample":
-            message = pb.SampleRequest(model=ref, inputs=tensor, num_samples=config.num_samples)
-        else:
-            message = pb.ModesRequest(model=ref, inputs=tensor)
-        return f"/mdn.v1.MixtureDensityService/{config.rpc.capitalize()}", message.SerializeToString()
-    request = oip.ModelInferRequest(model_name=config.model)
-    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
-    request.raw_input_contents.append(raw)
-    if config.rpc == "sample":
-        request.outputs.add(name="samples")
-        request.parameters["num_samples"].int64_param = config.num_samples
-    elif config.rpc == "modes":
-        for name in ("modes", "mode_mass", "num_modes"):
-            request.outputs.add(name=name)
-    return "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
 
 
 def channel_config(config: LoadConfig) -> ChannelConfig:
@@ -189,7 +146,7 @@ async def run_load(
     metadata, input_dim = model_info if model_info is not None else await fetch_metadata(config)
     rng = np.random.default_rng(config.seed)
     payloads = [
-        encode_request(config, model_inputs(metadata, input_dim, config.batch, rng)) for _ in range(DISTINCT_INPUTS)
+        encode_request(config, request_inputs(config, metadata, input_dim, rng)) for _ in range(DISTINCT_INPUTS)
     ]
     method = payloads[0][0]
     bodies = [body for _, body in payloads]

@@ -19,7 +19,8 @@ from mdn_core.model import load_model
 
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve.tools.bench.points import Point
-from mdn_serve.tools.loadtest import LoadConfig, encode_request, fetch_metadata, model_inputs
+from mdn_serve.tools.loadtest import LoadConfig, fetch_metadata
+from mdn_serve.tools.payloads import encode_request, model_inputs
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,20 @@ def render(report: dict[str, Any]) -> str:
             "",
             *_table(report["tuned_results"]),
         ]
+    if report.get("ik_results"):
+        lines += [
+            "",
+            "Solve (inverse kinematics) on a robot arm, one client, against the same network and solve run "
+            "in-process on one thread:",
+            "",
+            "| model | targets per request | requests/s | solutions/s | p50 | served targets/s vs in-process |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in report["ik_results"]:
+            lines.append(
+                f"| {e['model']} | {e['batch']} | {e['requests_per_second']:.0f} | {e['solutions_per_second']:.0f} | "
+                f"{e['latency_ms'].get('p50', 0):.2f} | {e['vs_in_process']:.2f} |"
+            )
     lines += ["", "| target | value | bound | met |", "|---|---|---|---|"]
     for t in report["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3g}"

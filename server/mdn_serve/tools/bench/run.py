@@ -25,6 +25,7 @@ from typing import Any
 import onnxruntime as ort
 
 from mdn_serve.tools.bench.ceilings import Placement, _serve_noop, canned_responses, onnx_ceiling
+from mdn_serve.tools.bench.ik import IK_BATCHES, IK_MODEL, measure_ik
 from mdn_serve.tools.bench.points import HEADLINE, Point
 from mdn_serve.tools.bench.report import targets
 from mdn_serve.tools.bench.servers import start_server
@@ -108,6 +109,7 @@ def _run_bench(
     tuned: list[dict[str, Any]] = []
     tuned_args = [*server_args, "--max-queue-delay-ms", f"{tuned_delay_ms:g}"]
     rss_tuned = 0.0
+    ik: list[dict[str, Any]] = []
     context = mp.get_context("spawn")
     noop: Any = None
     try:
@@ -120,6 +122,9 @@ def _run_bench(
             print(f"{point.label}: mdn-serve, then the no-op server ...", flush=True)
             n = repeats if point == HEADLINE else 1
             results.append(measure(f"127.0.0.1:{server.port}", noop_target, model, point, seconds, info, n))
+        if (models / IK_MODEL).is_dir():
+            print(f"Solve on {IK_MODEL}, batch {', '.join(map(str, IK_BATCHES))}, then in-process ...", flush=True)
+            ik = measure_ik(f"127.0.0.1:{server.port}", models, seconds)
         rss_end = server.rss_mb()
         if tuned_delay_ms > 0 and HEADLINE in points:
             server.stop()
@@ -157,6 +162,7 @@ def _run_bench(
         "ort_ceiling_rows_per_second": {"1_thread": ceiling_1, "default_threads": ceiling_all},
         "results": results,
         "tuned_results": tuned,
+        "ik_results": ik,
         "targets": targets(results, tuned, start_seconds, max(rss_start, rss_end, rss_tuned)),
     }  # fmt: skip
 
