@@ -162,6 +162,14 @@ def wrong_contents():
     return request
 
 
+def with_seed_state(request, state=((0.5, 0.5),)):
+    """The request with a raw seed_state input added beside x."""
+    state = np.asarray(state, np.float32)
+    request.inputs.add(name="seed_state", datatype="FP32", shape=list(state.shape))
+    request.raw_input_contents.append(state.tobytes())
+    return request
+
+
 BAD = [
     ("mixed raw and typed", mixed, "mixes raw_input_contents and typed contents"),
     ("raw length", short_raw, "has 12 bytes, but shape [2, 2] x FP32 (4 bytes each) needs 16"),
@@ -175,10 +183,11 @@ BAD = [
             inputs=[oip.ModelInferRequest.InferInputTensor(name="ee", datatype="FP32", shape=[1, 2])],
             raw_input_contents=[X[:1].tobytes()],
         ),
-        "unknown input 'ee'",
+        "send one input tensor named 'x' (and optionally 'seed_state' for IK outputs), got ['ee']",
     ),
-    ("two inputs", two_inputs, "exactly one input"),
-    ("no inputs", lambda: oip.ModelInferRequest(model_name=ARM), "exactly one input"),
+    ("two inputs", two_inputs, "send one input tensor named 'x'"),
+    ("no inputs", lambda: oip.ModelInferRequest(model_name=ARM), "send one input tensor named 'x'"),
+    ("seed_state without IK", lambda: with_seed_state(infer_request()), "input 'seed_state' is for inverse kinematics"),
     ("wrong contents field", wrong_contents, "put its data in fp32_contents, not int_contents"),
     ("rank", lambda: infer_request(x=np.zeros(4, np.float32)), "rank 2"),
     ("nan", lambda: infer_request(x=np.array([[np.nan, 0.5]], np.float32)), "NaN or infinite"),
@@ -222,3 +231,17 @@ def test_metrics_label_the_protocol(server, stub):
     assert (
         sample_value(after["mdn_requests"], name, **labels) - sample_value(before["mdn_requests"], name, **labels) == 1
     )
+
+
+def test_seed_state_ranks_ik_solutions_over_both_protocols(server, stub):
+    """The second elbow (theta2 < 0) comes first when the seed state sits near it, over mdn.v1 and OIP alike."""
+    target = np.array([[0.6, 0.6]], np.float32)
+    near_second = np.array([[1.0, -1.4]], np.float32)
+    with MdnClient(server.target) as client:
+        default = client.solve(ARM, target)
+        ranked = client.solve(ARM, target, seed_state=near_second)
+    assert default.num_solutions == ranked.num_solutions == [2]
+    assert default.solutions[0, 0, 1] > 0 and ranked.solutions[0, 0, 1] < 0
+    request = with_seed_state(infer_request(x=target, outputs=["ik_solutions", "ik_num_solutions"]), near_second)
+    got = as_arrays(stub.ModelInfer(request, timeout=30))
+    np.testing.assert_allclose(got["ik_solutions"], ranked.solutions, atol=1e-6)

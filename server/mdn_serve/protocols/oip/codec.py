@@ -115,47 +115,61 @@ def server_metadata() -> pb.ServerMetadataResponse:
     return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
 
-def decode_input(request: pb.ModelInferRequest, max_elements: int) -> tuple[NDArray[np.float32], bool]:
-    """The request's one input tensor as float32 (B, in_dim), and whether it came raw."""
-    if len(request.inputs) != 1:
-        names = [t.name for t in request.inputs]
-        raise InvalidInput(f"send exactly one input tensor named '{INPUT_NAME}', got {len(names)}: {names}")
-    tensor = request.inputs[0]
-    if tensor.name != INPUT_NAME:
-        raise InvalidInput(f"unknown input {tensor.name!r}; the input of every model here is '{INPUT_NAME}'")
+MODEL_INPUT = INPUT_NAME  # the network's input, `x`
+SEED_STATE = "seed_state"  # optional second input: [B, J] or [1, J] joint values, for IK outputs
+
+
+def decode_inputs(request: pb.ModelInferRequest, max_elements: int) -> tuple[dict[str, NDArray[np.float32]], bool]:
+    """The request's input tensors by name as float32 (`x`, and `seed_state` when sent), and whether they came raw."""
+    names = [t.name for t in request.inputs]
+    if INPUT_NAME not in names or len(set(names)) != len(names) or not set(names) <= {INPUT_NAME, SEED_STATE}:
+        raise InvalidInput(
+            f"send one input tensor named '{INPUT_NAME}' (and optionally '{SEED_STATE}' for IK outputs), got {names}"
+        )
+    typed = any(
+        t.HasField("contents") and any(len(getattr(t.contents, f.name)) for f in t.contents.DESCRIPTOR.fields)
+        for t in request.inputs
+    )
+    raw = bool(request.raw_input_contents)
+    if raw and typed:
+        raise InvalidInput("the request mixes raw_input_contents and typed contents; use one or the other")
+    if raw and len(request.raw_input_contents) != len(names):
+        raise InvalidInput(
+            f"raw_input_contents has {len(request.raw_input_contents)} entries for {len(names)} input(s); "
+            "send one per input"
+        )
+    arrays = {
+        t.name: _decode(t, request.raw_input_contents[i] if raw else None, max_elements)
+        for i, t in enumerate(request.inputs)
+    }
+    return arrays, raw
+
+
+def _decode(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_elements: int) -> NDArray[np.float32]:
+    name = tensor.name
     dtype = INPUT_DTYPES.get(tensor.datatype)
     if dtype is None:
-        raise InvalidInput(f"unsupported datatype {tensor.datatype!r} for input '{INPUT_NAME}'; send FP32 (or FP64)")
+        raise InvalidInput(f"unsupported datatype {tensor.datatype!r} for input '{name}'; send FP32 (or FP64)")
     shape = list(tensor.shape)
-    count = element_count(shape, f"input '{INPUT_NAME}' shape", max_elements)
-    typed = tensor.HasField("contents") and any(
-        len(getattr(tensor.contents, f.name)) for f in tensor.contents.DESCRIPTOR.fields
-    )
-    if request.raw_input_contents:
-        if typed:
-            raise InvalidInput("the request mixes raw_input_contents and typed contents; use one or the other")
-        if len(request.raw_input_contents) != 1:
-            raise InvalidInput(
-                f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input; send one per input"
-            )
-        raw = request.raw_input_contents[0]
+    count = element_count(shape, f"input '{name}' shape", max_elements)
+    if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise InvalidInput(
-                f"raw input '{INPUT_NAME}' has {len(raw)} bytes, but shape {shape} x {tensor.datatype} "
+                f"raw input '{name}' has {len(raw)} bytes, but shape {shape} x {tensor.datatype} "
                 f"({dtype.itemsize} bytes each) needs {count * dtype.itemsize}"
             )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(np.float32, copy=False), True
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(np.float32, copy=False)
     field = CONTENT_FIELD[tensor.datatype]
     others = [
         f.name for f in tensor.contents.DESCRIPTOR.fields if f.name != field and len(getattr(tensor.contents, f.name))
     ]
     if others:
-        raise InvalidInput(f"input '{INPUT_NAME}' is {tensor.datatype}: put its data in {field}, not {others[0]}")
+        raise InvalidInput(f"input '{name}' is {tensor.datatype}: put its data in {field}, not {others[0]}")
     values = getattr(tensor.contents, field)
     if len(values) != count:
-        raise InvalidInput(f"input '{INPUT_NAME}' {field} has {len(values)} values, but shape {shape} needs {count}")
+        raise InvalidInput(f"input '{name}' {field} has {len(values)} values, but shape {shape} needs {count}")
     array: NDArray[np.float32] = np.asarray(values, dtype=np.float32).reshape(shape)
-    return array, False
+    return array
 
 
 def _param(params: dict[str, pb.InferParameter], name: str, kind: Callable[[str], float | int]) -> float | int | None:
@@ -197,7 +211,7 @@ def _flag(params: dict[str, pb.InferParameter], name: str, default: bool) -> boo
     raise InvalidInput(f"parameter {name!r} must be a boolean (true/false or 1/0), got {text!r}")
 
 
-def plan(request: pb.ModelInferRequest) -> tuple[tuple[str, ...], Ask]:
+def plan(request: pb.ModelInferRequest, seed_state: NDArray[np.float32] | None = None) -> tuple[tuple[str, ...], Ask]:
     """The outputs a request names (in its order) and what they ask the pipeline for."""
     names = tuple(o.name for o in request.outputs) or DEFAULT_OUTPUTS
     unknown = [n for n in names if n not in OUTPUTS]
@@ -224,6 +238,8 @@ def plan(request: pb.ModelInferRequest) -> tuple[tuple[str, ...], Ask]:
         value = _param(params, "max_modes", int)
         max_modes = int(value) if value is not None else 0
     ik = None
+    if seed_state is not None and "ik" not in families:
+        raise InvalidInput(f"input '{SEED_STATE}' is for inverse kinematics: ask for ik_* outputs, or drop it")
     if "ik" in families:
         seed = _param(params, "ik_seed", int)
         ik = IkSpec(
@@ -233,6 +249,7 @@ def plan(request: pb.ModelInferRequest) -> tuple[tuple[str, ...], Ask]:
             orientation_tolerance=float(_param(params, "orientation_tolerance", float) or 0.0),
             num_samples=int(_param(params, "ik_num_samples", int) or 0),
             seed=int(seed) if seed is not None else None,
+            seed_state=None if seed_state is None else seed_state.astype(np.float64),
         )
     return names, Ask(sampling, max_modes, ik)
 

@@ -60,8 +60,9 @@ class OipServicer(ServicerBase):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         runtime = self.dataplane.resolve(request.model_name, request.model_version)  # NOT_FOUND before input errors
-        x, raw = codec.decode_input(request, self.max_elements)
-        names, ask = codec.plan(request)
+        inputs, raw = codec.decode_inputs(request, self.max_elements)
+        names, ask = codec.plan(request, inputs.get(codec.SEED_STATE))
+        x = inputs[codec.MODEL_INPUT]
         runtime, out = await self.dataplane.infer(
             "ModelInfer", runtime.name, runtime.version, x, ask, deadline_of(context)
         )
