@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from mdn_core.chain import target_features
-from mdn_core.ik import solve
+from mdn_core.chain import SerialChain, target_features
+from mdn_core.ik import Solutions, solve
 from mdn_core.kinematics import PlanarArm
 from mdn_core.mixture import log_density, mixture_modes
 from numpy.typing import NDArray
@@ -167,11 +167,18 @@ def _arm_ik_configurations(out_dir: Path, test: Dataset, predict: Predictor) -> 
     return _save(fig, out_dir / "arm_ik_solutions.png")
 
 
+def _robot_solve(
+    test: Dataset, predict: Predictor, count: int, **options: Any
+) -> tuple[SerialChain, NDArray[np.float64], Solutions]:
+    """The served solve on `count` held-out targets: (chain, targets, solutions)."""
+    chain, targets = held_out_targets(test, count)
+    w, m, s = predict(target_features(chain.target, targets))
+    return chain, targets, solve(chain, targets, w, m, s, seed=0, **options)
+
+
 def _robot_solutions(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
     """Several served solutions for one pose, drawn as 3-D stick figures of the arm."""
-    chain, targets = held_out_targets(test, 64)
-    w, m, s = predict(target_features(chain.target, targets))
-    found = solve(chain, targets, w, m, s, seed=0)
+    chain, targets, found = _robot_solve(test, predict, 64)
     b = int(np.argmax(found.num_solutions))
     fig = plt.figure(figsize=(6.5, 6))
     ax = fig.add_subplot(projection="3d")
@@ -188,9 +195,7 @@ def _robot_solutions(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
 
 def _seed_errors(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
     """How far the mixture's modes land from the target before refinement, against uniform seeds."""
-    chain, targets = held_out_targets(test, 500)
-    w, m, s = predict(target_features(chain.target, targets))
-    raw = solve(chain, targets, w, m, s, refine_solutions=False, num_samples=0)
+    chain, targets, raw = _robot_solve(test, predict, 500, refine_solutions=False, num_samples=0)
     errors = raw.position_error[~np.isnan(raw.position_error)]
     uniform = np.random.default_rng(0).uniform(chain.limits[:, 0], chain.limits[:, 1], (len(targets), chain.num_joints))
     random_errors = np.linalg.norm(chain.forward(uniform)[:, :3, 3] - targets[:, :3], axis=-1)

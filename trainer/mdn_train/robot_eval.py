@@ -65,13 +65,7 @@ def robot_ik_metrics(predict: Predictor, test: Dataset) -> dict[str, Any]:
     seeds_per_target = int(np.mean(modes.num_modes)) + draws
 
     # The same refinement from uniform random seeds, as many per target as the served path used.
-    rng = np.random.default_rng(RANDOM_SEED)
-    lim = chain.limits
-    shape = (len(targets), seeds_per_target)
-    uniform = rng.uniform(lim[:, 0], lim[:, 1], (*shape, chain.num_joints)).astype(np.float32)
-    mass = np.full(shape, 1.0 / seeds_per_target, np.float32)
-    as_seeds = Modes(uniform, np.zeros(shape, np.float32), mass, np.full(len(targets), seeds_per_target, np.int32))
-    random = solve(chain, targets, mass, uniform, np.ones_like(uniform), modes=as_seeds, num_samples=0)
+    random = random_restarts(chain, targets, seeds_per_target, RANDOM_SEED)
 
     metrics: dict[str, Any] = {
         "num_targets": len(targets),
@@ -96,16 +90,20 @@ RESTARTS = 300
 SAME_SOLUTION_RADIANS = 1e-2
 
 
+def random_restarts(chain: SerialChain, targets: NDArray[np.float64], count: int, seed: int) -> Solutions:
+    """The served refinement, merging and checks, from `count` uniform random seeds per target."""
+    lim = chain.limits
+    shape = (len(targets), count)
+    uniform = np.random.default_rng(seed).uniform(lim[:, 0], lim[:, 1], (*shape, chain.num_joints)).astype(np.float32)
+    mass = np.full(shape, 1.0 / count, np.float32)
+    seeds = Modes(uniform, np.zeros(shape, np.float32), mass, np.full(len(targets), count, np.int32))
+    return solve(chain, targets, mass, uniform, np.ones_like(uniform), modes=seeds, num_samples=0)
+
+
 def _coverage(chain: SerialChain, targets: NDArray[np.float64], served: Solutions) -> float:
     """The fraction of poses for which every distinct solution that RESTARTS uniform random seeds find
     (modulo 2 pi on periodic joints) is among the served request's solutions."""
-    rng = np.random.default_rng(RANDOM_SEED + 1)
-    lim = chain.limits
-    shape = (len(targets), RESTARTS)
-    uniform = rng.uniform(lim[:, 0], lim[:, 1], (*shape, chain.num_joints)).astype(np.float32)
-    mass = np.full(shape, 1.0 / RESTARTS, np.float32)
-    seeds = Modes(uniform, np.zeros(shape, np.float32), mass, np.full(len(targets), RESTARTS, np.int32))
-    found = solve(chain, targets, mass, uniform, np.ones_like(uniform), modes=seeds, num_samples=0)
+    found = random_restarts(chain, targets, RESTARTS, RANDOM_SEED + 1)
     covered = []
     for b in range(len(targets)):
         theirs = found.solutions[b, : found.num_solutions[b]].astype(np.float64)
