@@ -28,6 +28,8 @@ DEFAULT_REFINE = True  # what a request that does not say gets
 DEFAULT_SAMPLES = {"planar": 0, "position": 32, "pose": 32}  # extra seeds drawn when a request says 0
 MAX_ITERATIONS = 60
 MIN_DAMPING = 1e-6
+STALL_WINDOW = 10  # steps between checks that a seed still makes progress
+STALL_RATIO = 0.5  # ... by at least halving its squared error
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
 
@@ -137,7 +139,8 @@ def refine(
     active = np.flatnonzero(~done)
     damping = np.full(batch * num, 1e-3)
     eye = np.eye(len(weight))
-    for _ in range(iterations):
+    then = np.sum(e * e, axis=-1)  # the squared weighted error at the last stall check
+    for step_number in range(1, iterations + 1):
         if not active.size:
             break
         q, ea, ja, lam = theta[active], e[active], jac[active], damping[active]
@@ -155,6 +158,12 @@ def refine(
         steps[active] += 1
         converged = (pos[active] <= tolerance) & ((rot[active] <= orientation_tolerance) | np.isnan(rot[active]))
         active = active[~converged & (damping[active] < 1e6)]
+        if step_number % STALL_WINDOW == 0 and active.size:
+            # A seed that has not halved its squared error in STALL_WINDOW steps is stuck (against a
+            # limit, or crawling along a singular direction): converging ones are far faster.
+            now = np.sum(e[active] * e[active], axis=-1)
+            active = active[now < STALL_RATIO * then[active]]
+            then[active] = np.sum(e[active] * e[active], axis=-1)
     return theta.reshape(batch, num, joints), steps.reshape(batch, num)
 
 
