@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -216,3 +217,23 @@ def test_the_load_generator_sends_reachable_pose_targets(panda_server, tmp_path)
                           "--duration", "0.5", "--warmup", "0", "--quiet", "--json", str(out)]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     assert result["requests"] > 0 and set(result["codes"]) == {"OK"}
+
+
+def test_the_chain_block_round_trips_and_a_bad_one_names_its_field():
+    from mdn_core.contract import ContractError, parse_kinematics
+
+    chain = load_chain(robot_urdf("ur5"), *ROBOTS["ur5"][1:])
+    block: dict[str, Any] = chain.to_metadata()
+    assert parse_kinematics(block, 6) == chain
+    for change, field in (
+        ({"version": 2}, "kinematics.version"),
+        ({"target": "orbit"}, "kinematics.target"),
+        ({"tip": [0.0] * 11}, "kinematics.tip"),
+    ):
+        with pytest.raises(ContractError, match=field.replace(".", r"\.")):
+            parse_kinematics({**block, **change})
+    broken = {**block, "joints": [{**block["joints"][0], "axis": [0.0, 0.0, 2.0]}, *block["joints"][1:]]}
+    with pytest.raises(ContractError, match=r"kinematics\.joints\[0\].*not a unit vector"):
+        parse_kinematics(broken)
+    with pytest.raises(ContractError, match="describes 6 joint"):
+        parse_kinematics(block, 7)

@@ -28,6 +28,7 @@ JOINT_TYPES = ("revolute", "continuous", "prismatic")
 TARGET_WIDTH = {"planar": 2, "position": 3, "pose": 7}  # what Solve takes per target
 FEATURE_WIDTH = {"planar": 2, "position": 3, "pose": 9}  # what the network takes per target
 TWO_PI = 2.0 * math.pi
+CHAIN_SCHEMA_VERSION = 1  # of the metadata's serial_chain block
 
 
 def transform(xyz: tuple[float, float, float], rpy: tuple[float, float, float]) -> NDArray[np.float64]:
@@ -227,6 +228,7 @@ class SerialChain:
         """The metadata's `kinematics` block; mdn_core.contract.parse_kinematics reads it back."""
         return {
             "type": "serial_chain",
+            "version": CHAIN_SCHEMA_VERSION,
             "target": self.target,
             "base_link": self.base_link,
             "tip_link": self.tip_link,

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mdn_core.chain import JOINT_TYPES, TARGET_WIDTH, Joint, SerialChain, planar_chain
+from mdn_core.chain import CHAIN_SCHEMA_VERSION, JOINT_TYPES, TARGET_WIDTH, Joint, SerialChain, planar_chain
 
 INPUT_NAME = "x"
 OUTPUT_NAMES = ("weights", "means", "scales")
@@ -184,6 +184,10 @@ def _numbers(value: Any, count: int, field: str) -> tuple[float, ...]:
 
 
 def _serial(block: dict[str, Any]) -> SerialChain:
+    if block.get("version") != CHAIN_SCHEMA_VERSION:
+        raise ContractError(
+            f"metadata field 'kinematics.version' is {block.get('version')!r}; this reader knows {CHAIN_SCHEMA_VERSION}"
+        )
     target = block.get("target")
     if target not in TARGET_WIDTH:
         raise ContractError(f"metadata field 'kinematics.target' must be one of {', '.join(TARGET_WIDTH)}")
