@@ -149,18 +149,23 @@ def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plot
             metrics["robot"] = run.data.dataset
         metrics["onnx_parity_max_abs_error"] = max_err
 
-        meta = build_metadata(
-            name=run.name,
-            version=str(ver),
-            task=checkpoint["task"],
-            input_names=checkpoint["input_names"],
-            output_names=checkpoint["output_names"],
-            components=run.model.components,
-            config=run.to_dict(),
-            metrics=metrics,
-            kinematics=checkpoint["kinematics"],
-            extra={"training": checkpoint["summary"], **_input_range(run)},
-        )
+        # The chain as the dataset describes it now (a URDF is read again), else the checkpoint's block.
+        kinematics = test.kinematics if test.chain is not None else checkpoint["kinematics"]
+        try:
+            meta = build_metadata(
+                name=run.name,
+                version=str(ver),
+                task=checkpoint["task"],
+                input_names=checkpoint["input_names"],
+                output_names=checkpoint["output_names"],
+                components=run.model.components,
+                config=run.to_dict(),
+                metrics=metrics,
+                kinematics=kinematics,
+                extra={"training": checkpoint["summary"], **_input_range(run)},
+            )
+        except ContractError as exc:
+            raise TrainerError(f"{run.name}: the metadata to export breaks the contract: {exc}") from None
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, meta.to_json()
         model.producer_name = "mdn-serve"
