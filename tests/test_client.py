@@ -83,3 +83,15 @@ def test_ik_prints_ranked_exact_solutions_and_reasons(capsys, server):
 def test_ik_needs_pairs(capsys, server):
     with pytest.raises(SystemExit, match="takes planar targets of 2 numbers each"):
         client.main(["--target", server.target, "ik", "--model", "two_link_arm", "0.6"])
+
+
+def test_piping_into_head_is_not_an_error(server):
+    import subprocess
+    import sys
+
+    command = (
+        f"{sys.executable} -m mdn_serve.tools.client_cli --target {server.target} sample --model two_link_arm "
+        "--input 0.6,0.6 -n 2000 | head -n 1"
+    )
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr and result.stdout.startswith("input")

@@ -150,3 +150,9 @@ def test_round_robin_spreads_requests_over_several_servers(trained, tmp_path):
     finally:
         for s in servers:
             s.stop()
+
+
+def test_container_healthcheck_has_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        healthcheck.main(["--help"])
+    assert info.value.code == 0 and "Exit 0 if the server" in capsys.readouterr().out

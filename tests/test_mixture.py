@@ -199,3 +199,12 @@ def test_min_mass_drops_negligible_modes():
     s = np.ones((1, 2, 1), np.float32)
     assert mixture_modes(w, m, s, min_mass=0.0).num_modes.tolist() == [2]
     assert mixture_modes(w, m, s).num_modes.tolist() == [1]  # the default drops a 0.01% component
+
+
+def test_tiny_temperatures_pick_the_heaviest_component_without_nan():
+    weights = np.array([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]])
+    for temperature in (1e-3, 1e-200, 1e-320):
+        tempered = tempered_weights(weights, temperature)
+        assert np.isfinite(tempered).all()
+        np.testing.assert_allclose(tempered, [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], atol=1e-12)
+    np.testing.assert_allclose(tempered_weights(weights, 1.0), weights, atol=1e-12)

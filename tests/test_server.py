@@ -310,3 +310,22 @@ def test_raw_request_bytes_are_little_endian_float32(stub):
     reply = stub.Predict(pb.PredictRequest(model=ref, inputs=pb.Tensor(shape=[1, 2], raw=body)), timeout=10)
     weights = struct.unpack("<3f", reply.weights.raw)
     assert sum(weights) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        (pb.ModelRef(name="m" * 10_000), "unknown model 'mmmm"),
+        (pb.ModelRef(name=ARM, version="9" * 5_000), "has no version '9999"),
+        (pb.ModelRef(name=ARM, version="0001"), None),
+    ],
+)
+def test_huge_names_and_versions_get_short_not_found_messages(stub, ref, message):
+    request = pb.PredictRequest(model=ref, inputs=raw_tensor([[0.6, 0.6]]))
+    if message is None:  # leading zeros name the same version
+        assert stub.Predict(request, timeout=10).model.version == "1"
+        return
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert message in info.value.details() and len(info.value.details()) < 300

@@ -78,7 +78,13 @@ def tempered_weights(weights: FloatArray, temperature: float) -> FloatArray:
     if not temperature > 0.0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     with np.errstate(divide="ignore"):
-        log_w = np.log(weights.astype(np.float64)) / temperature
+        log_w = np.log(weights.astype(np.float64))
+    # Shift each row's largest log-weight to 0 before dividing: however small the temperature,
+    # the heaviest component stays at 0 and the others go to -inf, never inf - inf (NaN).
+    peak = np.max(log_w, axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        log_w = (log_w - np.where(np.isfinite(peak), peak, 0.0)) / temperature
+    log_w = np.where(np.isnan(log_w), -np.inf, log_w)
     log_w -= _logsumexp(log_w)[:, None]
     out: FloatArray = np.exp(log_w)
     return out

@@ -39,6 +39,16 @@ def choose_providers(device: str) -> list[str]:
     raise ValueError(f"unknown device {device!r}")
 
 
+SHOWN_CHARACTERS = 64
+
+
+def _shown(text: str) -> str:
+    """A client-supplied name as an error message quotes it: at most SHOWN_CHARACTERS of it."""
+    if len(text) <= SHOWN_CHARACTERS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARACTERS]!r}... ({len(text)} characters)"
+
+
 def file_stamp(path: Path) -> tuple[int, int, int]:
     """Identity of a file's content for reloads: (inode, size, mtime in ns)."""
     st = path.stat()
@@ -212,13 +222,16 @@ class ModelRepository:
             return latest
         entry = self.models.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}; models: {', '.join(sorted(self.models))}")
+            raise ModelNotFound(f"unknown model {_shown(name)}; models: {', '.join(sorted(self.models))}")
         if not version:
             return entry.latest
-        key = str(int(version)) if version.isascii() and version.isdigit() else version
+        digits = version.isascii() and version.isdigit()
+        key = (version.lstrip("0") or "0") if digits else version  # "007" is 7; no int() of 5,000 digits
         runtime = entry.versions.get(key)
         if runtime is None:
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; versions: {', '.join(entry.version_list)}")
+            raise ModelNotFound(
+                f"model {name!r} has no version {_shown(version)}; versions: {', '.join(entry.version_list)}"
+            )
         return runtime
 
     def entry(self, name: str) -> ModelEntry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -245,7 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except grpc.RpcError as exc:
             print(f"mdn-client: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    print(text)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # the reader (`| head`) has had enough: that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
