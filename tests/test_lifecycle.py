@@ -44,7 +44,7 @@ def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def start_up_error(caplog, *args: str) -> tuple[int, str]:
     """Run a server that cannot start in this process, as `mdn-serve` would: its exit code and log."""
-    settings = parse_settings(["--port", "0", "--metrics-port", "-1", *args], {})
+    settings = parse_settings(["--port", "0", "--metrics-port", "-1", *args], {})  # later flags win
     with caplog.at_level(logging.ERROR, logger="mdn_serve"):
         code = run(settings)
     return code, caplog.text
@@ -290,3 +290,14 @@ def test_drain_under_load_loses_nothing_admitted(trained, tmp_path):
         proc.log()[-1500:],
     )  # only calls made after the server stopped accepting
     assert "draining" in proc.log()
+
+
+def test_a_second_server_on_a_taken_port_is_a_clear_start_up_error(server, trained, caplog):
+    """A lone server does not share its port (SO_REUSEPORT is for --workers), nor its metrics port."""
+    code, text = start_up_error(caplog, "--model-repository", str(trained["models"]), "--port", str(server.port))
+    assert code == 1 and f"cannot bind 127.0.0.1:{server.port}" in text
+    caplog.clear()
+    code, text = start_up_error(
+        caplog, "--model-repository", str(trained["models"]), "--metrics-port", str(server.metrics_port)
+    )
+    assert code == 1 and f"cannot serve metrics on 127.0.0.1:{server.metrics_port}" in text

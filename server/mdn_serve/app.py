@@ -58,7 +58,11 @@ class MdnServer:
             [BearerTokenInterceptor(read_token(settings.auth_token_file))] if settings.auth_token_file else []
         )
         self.server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                ("grpc.so_reuseport", 1 if settings.share_port else 0),
+            ],
             interceptors=interceptors,
         )
         self.health_server: grpc.aio.Server | None = None
@@ -89,15 +93,18 @@ class MdnServer:
         s = self.settings
         credentials = server_credentials(s)
         address = f"{s.host}:{s.port}"
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError:  # gRPC's way of saying the address is taken
+            self.port = 0
         if self.port == 0:
-            raise MdnError(f"cannot bind {s.host}:{s.port} (in use?)")
+            raise MdnError(f"cannot bind {s.host}:{s.port}: is another server on it? pick another --port")
         if s.health_port >= 0:
             # Kubernetes gRPC probes speak plaintext: a port with nothing but the health service.
-            self.health_server = grpc.aio.server()
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if s.share_port else 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = self.health_server.add_insecure_port(f"{s.host}:{s.health_port}")
         mode = "plaintext" if credentials is None else ("mutual TLS" if s.tls_client_ca else "TLS")
@@ -117,7 +124,15 @@ class MdnServer:
             await self.health_server.start()
             log.info("health (plaintext) on %s:%d", s.host, self.health_port)
         if s.metrics_port >= 0:
-            self._metrics_server, _ = start_http_server(s.metrics_port, s.metrics_host, registry=self.metrics.registry)
+            try:
+                self._metrics_server, _ = start_http_server(
+                    s.metrics_port, s.metrics_host, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                raise MdnError(
+                    f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({exc.strerror}); "
+                    "pick another --metrics-port, or -1 to turn metrics off"
+                ) from None
             self.metrics_port = self._metrics_server.server_port
             log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
 

@@ -50,6 +50,9 @@ class Settings:
     drain_delay_seconds: float = 0.0  # on SIGTERM: NOT_SERVING, but keep serving this long first
     grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
     log_level: str = "INFO"
+    # Set by the --workers supervisor for its workers only (no flag): they bind one port together
+    # with SO_REUSEPORT. A lone server refuses a port that another process holds.
+    share_port: bool = False
 
 
 def compute_threads(settings: Settings) -> int:
@@ -120,7 +123,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     environment = os.environ if env is None else env
     parser = build_parser(environment)
     args = parser.parse_args(argv)
-    settings = Settings(**vars(args))
+    settings = Settings(**vars(args))  # share_port keeps its default: it is no flag
     problems = []
     for name in (
         "workers",

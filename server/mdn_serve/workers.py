@@ -72,7 +72,7 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
 
     holder = reserve_port(settings.host, settings.port)
     port = holder.getsockname()[1]
-    worker_settings = replace(settings, port=port, metrics_port=-1, workers=1)
+    worker_settings = replace(settings, port=port, metrics_port=-1, workers=1, share_port=True)
     log.info("listening on %s:%d (gRPC, %d workers)", settings.host, port, settings.workers)
 
     ready_read, ready_write = os.pipe()
