@@ -36,13 +36,17 @@ def test_loadtest_reports_throughput_latency_and_codes(server, tmp_path, capsys,
     assert "| requests | req/s | rows/s |" in table and "status codes: OK" in table
 
 
-def test_loadtest_counts_errors_by_status(server, tmp_path):
+def test_loadtest_counts_errors_by_status_and_fails_when_nothing_succeeds(server, tmp_path, capsys):
     out = tmp_path / "result.json"
     code = loadtest.main(["--target", server.target, "--model", "two_link_arm", "--batch", "100", "--duration",
                           "0.3", "--warmup", "0", "--quiet", "--json", str(out)])  # fmt: skip
-    assert code == 0
+    assert code == 1
     result = json.loads(out.read_text())  # the test server allows 64 rows per request
     assert set(result["codes"]) == {"INVALID_ARGUMENT"} and result["requests"] > 0
+    assert result["rows"] == 0 and result["rows_per_second"] == 0  # nothing was answered
+    err = capsys.readouterr().err
+    assert "first error: INVALID_ARGUMENT: batch of 100 rows is over this server's limit" in err
+    assert "every request failed" in err
 
 
 def test_loadtest_rejects_unbounded_or_bad_runs(capsys):

@@ -68,6 +68,7 @@ class LoadResult:
     latency_ms: dict[str, float]
     codes: dict[str, int] = field(default_factory=dict)
     skipped_sends: int = 0  # open loop: sends dropped because too many were outstanding
+    first_error: str = ""  # "CODE: details" of the first failed request, to say what went wrong
 
     @property
     def errors(self) -> int:
@@ -127,11 +128,14 @@ class _Recorder:
         self.latencies: list[float] = []
         self.codes: Counter[str] = Counter()
         self.measuring = False
+        self.first_error = ""
 
-    def record(self, seconds: float, code: str) -> None:
+    def record(self, seconds: float, code: str, detail: str = "") -> None:
         if self.measuring:
             self.latencies.append(seconds)
             self.codes[code] += 1
+            if code != "OK" and not self.first_error:
+                self.first_error = f"{code}: {detail}"
 
 
 async def run_load(
@@ -159,12 +163,12 @@ async def run_load(
     skipped = 0
 
     async def one(i: int, scheduled: float) -> None:
-        code = "OK"
+        code, detail = "OK", ""
         try:
             await calls[i % len(calls)](bodies[i % len(bodies)], timeout=config.timeout, metadata=auth)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code().name
-        recorder.record(time.perf_counter() - scheduled, code)
+            code, detail = exc.code().name, exc.details() or ""
+        recorder.record(time.perf_counter() - scheduled, code, detail)
 
     async def closed_client(worker: int) -> None:
         nonlocal sent
@@ -239,17 +243,19 @@ async def run_load(
 
     lat = np.asarray(recorder.latencies) * 1000.0
     count = len(lat)
+    rows = recorder.codes["OK"] * config.batch  # rows answered: a failed request computed nothing
     pct = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if count else {}
     return LoadResult(
         config=asdict(config),
         seconds=seconds,
         requests=count,
-        rows=count * config.batch,
+        rows=rows,
         requests_per_second=count / seconds if seconds > 0 else 0.0,
-        rows_per_second=count * config.batch / seconds if seconds > 0 else 0.0,
+        rows_per_second=rows / seconds if seconds > 0 else 0.0,
         latency_ms={**pct, "max": float(lat.max()) if count else 0.0, "mean": float(lat.mean()) if count else 0.0},
         codes=dict(recorder.codes),
         skipped_sends=skipped,
+        first_error=recorder.first_error,
     )
 
 
@@ -327,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_result(result))
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    if result.first_error:
+        print(f"first error: {result.first_error}", file=sys.stderr)
+    if result.requests and not result.codes.get("OK"):
+        print("mdn-loadtest: error: every request failed; nothing was measured", file=sys.stderr)
+        return 1
     return 0
 
 
