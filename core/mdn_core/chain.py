@@ -27,6 +27,7 @@ FloatArray = NDArray[np.floating]
 JOINT_TYPES = ("revolute", "continuous", "prismatic")
 TARGET_WIDTH = {"planar": 2, "position": 3, "pose": 7}  # what Solve takes per target
 FEATURE_WIDTH = {"planar": 2, "position": 3, "pose": 9}  # what the network takes per target
+TASK_ROWS = {"planar": 2, "position": 3, "pose": 6}  # what refinement constrains per target
 TWO_PI = 2.0 * math.pi
 CHAIN_SCHEMA_VERSION = 1  # of the metadata's serial_chain block
 
@@ -115,6 +116,9 @@ class SerialChain:
             terms.append((rot, rot @ k, rot @ k @ k))
         object.__setattr__(self, "_terms", terms)
         object.__setattr__(self, "_limits", np.array([(j.lower, j.upper) for j in self.joints], dtype=np.float64))
+        # Asked for on every refinement step: built once.
+        object.__setattr__(self, "_periodic", np.array([j.periodic for j in self.joints]))
+        object.__setattr__(self, "_unbounded", np.array([j.kind == "continuous" for j in self.joints]))
 
     @property
     def num_joints(self) -> int:
@@ -128,12 +132,19 @@ class SerialChain:
 
     @property
     def periodic(self) -> NDArray[np.bool_]:
-        return np.array([j.periodic for j in self.joints])
+        out: NDArray[np.bool_] = self._periodic  # type: ignore[attr-defined]
+        return out
 
     @property
     def unbounded(self) -> NDArray[np.bool_]:
         """Continuous joints: any angle is allowed."""
-        return np.array([j.kind == "continuous" for j in self.joints])
+        out: NDArray[np.bool_] = self._unbounded  # type: ignore[attr-defined]
+        return out
+
+    @property
+    def task_rows(self) -> int:
+        """Rows of the task error and Jacobian: x, y; x, y, z; or position and rotation."""
+        return TASK_ROWS[self.target]
 
     @property
     def target_width(self) -> int:

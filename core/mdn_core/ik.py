@@ -96,8 +96,7 @@ def task_errors(
 def task_jacobian(chain: SerialChain, q: FloatArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Tip transforms (..., 4, 4) and the Jacobian rows of the task (..., m, J)."""
     transforms, jac = chain.forward_and_jacobian(q)
-    rows = {"planar": 2, "position": 3, "pose": 6}[chain.target]
-    return transforms, jac[..., :rows, :]
+    return transforms, jac[..., : chain.task_rows, :]
 
 
 def clip_to_limits(chain: SerialChain, q: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -125,7 +124,7 @@ def refine(
     batch, num, joints = np.shape(seeds)
     theta = clip_to_limits(chain, np.asarray(seeds, dtype=np.float64)).reshape(batch * num, joints)
     goal_flat = np.repeat(goal, num, axis=0)
-    weight = np.ones({"planar": 2, "position": 3, "pose": 6}[chain.target])
+    weight = np.ones(chain.task_rows)
     weight[3:] = tolerance / orientation_tolerance
     steps = np.zeros(batch * num, dtype=np.int32)
 

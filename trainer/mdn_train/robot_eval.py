@@ -36,10 +36,6 @@ def held_out_targets(test: Dataset, count: int = MAX_POSES) -> tuple[SerialChain
     return chain, reached[:, :3, 3]
 
 
-def _features(chain: SerialChain, targets: NDArray[np.float64]) -> NDArray[np.float32]:
-    return target_features(chain.target, targets)
-
-
 def _summary(found: Solutions) -> dict[str, Any]:
     returned = ~np.isnan(found.position_error)
     out: dict[str, Any] = {
@@ -57,7 +53,7 @@ def _summary(found: Solutions) -> dict[str, Any]:
 def robot_ik_metrics(predict: Predictor, test: Dataset) -> dict[str, Any]:
     """Success, distinct solutions, errors, limit violations and speed of the served IK, against random seeds."""
     chain, targets = held_out_targets(test)
-    w, m, s = predict(_features(chain, targets))
+    w, m, s = predict(target_features(chain.target, targets))
     modes = mixture_modes(w, m, s)
     draws = DEFAULT_SAMPLES[chain.target]
     served = solve(chain, targets, w, m, s, seed=0, modes=modes)
@@ -124,7 +120,7 @@ def _speed(predict: Predictor, chain: SerialChain, targets: NDArray[np.float64],
     best, count = float("inf"), 0
     for _ in range(repeats):
         start = time.perf_counter()
-        w, m, s = predict(_features(chain, targets))
+        w, m, s = predict(target_features(chain.target, targets))
         found = solve(chain, targets, w, m, s, seed=0)
         best = min(best, time.perf_counter() - start)
         count = int(found.num_solutions.sum())
