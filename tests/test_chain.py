@@ -13,6 +13,8 @@ import pinocchio as pin
 import pytest
 from mdn_core.chain import matrix_quaternion, pose_targets, quaternion_matrix, rotation_log
 from mdn_core.ik import goal_of, refine, solve, task_errors
+from mdn_serve._proto.inference import grpc_service_pb2 as oip
+from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve.tools.client import MdnClient
 from mdn_train import export, train
 from mdn_train.errors import TrainerError
@@ -237,3 +239,21 @@ def test_the_chain_block_round_trips_and_a_bad_one_names_its_field():
         parse_kinematics(broken)
     with pytest.raises(ContractError, match="describes 6 joint"):
         parse_kinematics(block, 7)
+
+
+def test_oip_model_config_names_the_joints_and_limits_of_the_urdf(panda_server):
+    chain = load_chain(robot_urdf("panda"), *ROBOTS["panda"][1:])
+    with grpc.insecure_channel(panda_server.target) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        config = stub.ModelConfig(oip.ModelConfigRequest(name="panda"), timeout=10).config
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.ModelConfig(oip.ModelConfigRequest(name="no_such_arm"), timeout=10)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["joint_names"].split(",") == [j.name for j in chain.joints]
+    np.testing.assert_allclose([float(v) for v in params["joint_lower"].split(",")], chain.limits[:, 0], rtol=0, atol=0)
+    np.testing.assert_allclose([float(v) for v in params["joint_upper"].split(",")], chain.limits[:, 1], rtol=0, atol=0)
+    assert (params["base_link"], params["tip_link"], params["urdf"]) == ("panda_link0", "panda_link8", "panda.urdf")
+    assert params["ik_target_layout"] == "pose" and params["ik_target_columns"] == "x,y,z,qx,qy,qz,qw"
+    assert [(i.name, list(i.dims), i.optional) for i in config.input] == [("x", [9], False), ("seed_state", [7], True)]
+    assert {o.name: list(o.dims) for o in config.output}["ik_solutions"] == [-1, 7]

@@ -63,7 +63,8 @@ def test_liveness_readiness_and_metadata(stub):
     assert not stub.ModelReady(oip.ModelReadyRequest(name=ARM, version="2")).ready
     assert not stub.ModelReady(oip.ModelReadyRequest(name="nope")).ready
     server = stub.ServerMetadata(oip.ServerMetadataRequest())
-    assert server.name == "mdn-serve" and server.version and list(server.extensions) == ["parameters"]
+    assert server.name == "mdn-serve" and server.version
+    assert list(server.extensions) == ["parameters", "model_configuration"]
     meta = stub.ModelMetadata(oip.ModelMetadataRequest(name=ARM))
     assert (meta.name, list(meta.versions), meta.platform) == (ARM, ["1"], "onnx_onnxv1")
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1, 2])]

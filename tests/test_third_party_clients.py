@@ -42,6 +42,17 @@ def test_triton_client_sees_a_live_ready_server_and_its_model(triton_report):
     assert set(r["model"]["outputs"]) >= {"weights", "means", "scales", "samples", "modes", "num_modes"}
 
 
+def test_triton_client_reads_the_model_configuration_with_the_arms_kinematics(triton_report):
+    config = triton_report["config"]
+    assert config["max_batch_size"] == 64  # the test server's --max-rows
+    assert config["inputs"] == [["x", "TYPE_FP32", ["2"], False], ["seed_state", "TYPE_FP32", ["2"], True]]
+    params = config["parameters"]
+    assert params["ik_target_layout"] == "planar" and params["ik_target_columns"] == "x,y"
+    assert params["joint_types"] == "revolute,revolute" and params["base_link"] == "base"
+    assert json.loads(params["mdn_metadata"])["name"] == ARM
+    assert len(params["joint_lower"].split(",")) == 2
+
+
 def test_triton_inference_matches_mdn_v1(server, triton_report):
     x = np.array([[0.6, 0.6], [0.9, 0.3]], np.float32)
     client = MdnClient(server.target)

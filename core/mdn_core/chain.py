@@ -26,6 +26,7 @@ FloatArray = NDArray[np.floating]
 
 JOINT_TYPES = ("revolute", "continuous", "prismatic")
 TARGET_WIDTH = {"planar": 2, "position": 3, "pose": 7}  # what Solve takes per target
+TARGET_NAMES = {"planar": "x, y", "position": "x, y, z", "pose": "x, y, z, qx, qy, qz, qw"}  # ROS Pose order
 FEATURE_WIDTH = {"planar": 2, "position": 3, "pose": 9}  # what the network takes per target
 TASK_ROWS = {"planar": 2, "position": 3, "pose": 6}  # what refinement constrains per target
 TWO_PI = 2.0 * math.pi

@@ -57,6 +57,13 @@ def main() -> None:
         "outputs": [t["name"] for t in meta["outputs"]],
     }
 
+    config = client.get_model_config(model, as_json=True)["config"]
+    report["config"] = {
+        "max_batch_size": config["max_batch_size"],
+        "inputs": [(t["name"], t["data_type"], t["dims"], t.get("optional", False)) for t in config["input"]],
+        "parameters": {k: v["string_value"] for k, v in config["parameters"].items()},
+    }
+
     x = triton.InferInput("x", list(X.shape), "FP32")
     x.set_data_from_numpy(X)  # raw bytes, the client's default
     default = client.infer(model, [x], request_id="triton-1")

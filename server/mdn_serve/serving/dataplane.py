@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
-from mdn_core.chain import target_features
+from mdn_core.chain import TARGET_NAMES, target_features
 from numpy.typing import NDArray
 
 from mdn_serve.errors import InvalidInput, LimitExceeded, ModelNotFound, Unavailable
@@ -25,7 +25,6 @@ from mdn_serve.serving.repository import ModelRepository, ModelRuntime
 __all__ = ["Ask", "Dataplane", "IkSpec", "Limits", "Outputs", "SampleSpec"]
 
 QUATERNION_NORM_SLACK = 1e-3
-TARGET_NAMES = {"planar": "x, y", "position": "x, y, z", "pose": "x, y, z, qx, qy, qz, qw"}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from mdn_core.chain import TARGET_NAMES
 from mdn_core.contract import INPUT_NAME, ModelMetadata
 from mdn_core.ik import DEFAULT_REFINE
 from numpy.typing import NDArray
@@ -26,10 +27,12 @@ from mdn_serve.serving.repository import ModelRuntime
 SERVICES = pb.DESCRIPTOR.services_by_name
 PLATFORM = "onnx_onnxv1"
 SERVER_NAME = "mdn-serve"
-EXTENSIONS = ["parameters"]
+EXTENSIONS = ["parameters", "model_configuration"]
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 CONTENT_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
 RAW_DTYPES = {"FP32": "<f4", "INT32": "<i4"}
+MODEL_INPUT = INPUT_NAME  # the network's input, `x`
+SEED_STATE = "seed_state"  # optional second input: [B, J] or [1, J] joint values, for IK outputs
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,61 @@ def model_metadata(runtime: ModelRuntime, versions: list[str]) -> pb.ModelMetada
     )
 
 
+CONFIG_TYPES = {"FP32": pb.TYPE_FP32, "INT32": pb.TYPE_INT32, "BYTES": pb.TYPE_STRING}
+
+
+def _numbers(values: Any) -> str:
+    return ",".join(repr(float(v)) for v in values)
+
+
+def config_parameters(m: ModelMetadata) -> dict[str, str]:
+    """What ModelConfig's `parameters` say about a model: its metadata, and for arms the chain, flattened."""
+    params = {"task": m.task, "components": str(m.components), "mdn_metadata": m.to_json()}
+    chain = m.chain
+    if chain is not None:
+        limits = chain.limits
+        params |= {
+            "ik_target_layout": chain.target,
+            "ik_target_columns": TARGET_NAMES[chain.target].replace(" ", ""),
+            "joint_names": ",".join(j.name for j in chain.joints),
+            "joint_types": ",".join(j.kind for j in chain.joints),
+            "joint_lower": _numbers(limits[:, 0]),
+            "joint_upper": _numbers(limits[:, 1]),
+            "base_link": chain.base_link,
+            "tip_link": chain.tip_link,
+        }
+        if chain.source:
+            params["urdf"] = chain.source
+    return params
+
+
+def model_config(runtime: ModelRuntime, max_rows: int) -> pb.ModelConfigResponse:
+    """Triton's model configuration extension: shapes without the batch dimension, optional inputs marked,
+    and the kinematics in `parameters` (ModelMetadata has no field for them).
+
+    For arm models `x` carries the network's features for mixture, sample and mode outputs, and targets in
+    the `ik_target_columns` layout when `ik_*` outputs are asked for; `seed_state` is then optional.
+    """
+    m = runtime.metadata
+    inputs = [pb.ModelInput(name=INPUT_NAME, data_type=pb.TYPE_FP32, dims=[m.input_dim])]
+    if m.chain is not None:
+        inputs.append(pb.ModelInput(name=SEED_STATE, data_type=pb.TYPE_FP32, dims=[m.chain.num_joints], optional=True))
+    outputs = [
+        pb.ModelOutput(name=n, data_type=CONFIG_TYPES[OUTPUTS[n].datatype], dims=OUTPUTS[n].shape(m)[1:])
+        for n in outputs_of(m)
+    ]
+    config = pb.ModelConfig(
+        name=runtime.name,
+        platform=PLATFORM,
+        backend="onnxruntime",
+        max_batch_size=max_rows,
+        input=inputs,
+        output=outputs,
+        parameters={k: pb.ModelParameter(string_value=v) for k, v in config_parameters(m).items()},
+    )
+    return pb.ModelConfigResponse(config=config)
+
+
 def server_live() -> pb.ServerLiveResponse:
     return pb.ServerLiveResponse(live=True)
 
@@ -113,10 +171,6 @@ def model_ready(ready: bool) -> pb.ModelReadyResponse:
 
 def server_metadata() -> pb.ServerMetadataResponse:
     return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
-
-
-MODEL_INPUT = INPUT_NAME  # the network's input, `x`
-SEED_STATE = "seed_state"  # optional second input: [B, J] or [1, J] joint values, for IK outputs
 
 
 def decode_inputs(request: pb.ModelInferRequest, max_elements: int) -> tuple[dict[str, NDArray[np.float32]], bool]:

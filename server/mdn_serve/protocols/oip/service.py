@@ -55,6 +55,13 @@ class OipServicer(ServicerBase):
         runtime = self.dataplane.resolve(request.name, request.version)
         return codec.model_metadata(runtime, self.dataplane.models().entry(runtime.name).version_list)
 
+    @handler("ModelConfig")
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        runtime = self.dataplane.resolve(request.name, request.version)
+        return codec.model_config(runtime, self.dataplane.limits.max_rows)
+
     @handler("ModelInfer")
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
