@@ -23,19 +23,36 @@ from mdn_train.urdf import ROBOTS, load_chain, robot_urdf
 from tests.conftest import serve_in_process
 
 
+def pinocchio_configuration(model: Any, names: list[str], row: np.ndarray) -> np.ndarray:
+    """Our joint values (in our joint order) as pinocchio's configuration vector; others neutral."""
+    full = pin.neutral(model)
+    for name, value in zip(names, row, strict=True):
+        joint = model.joints[model.getJointId(name)]
+        if joint.nq == 2:  # pinocchio keeps a continuous joint as (cos, sin)
+            full[joint.idx_q : joint.idx_q + 2] = [math.cos(value), math.sin(value)]
+        else:
+            full[joint.idx_q] = value
+    return full
+
+
 def pinocchio_pose(path: Path, tip: str, names: list[str], q: np.ndarray) -> np.ndarray:
-    """The tip's transforms by pinocchio, our joint order mapped onto its configuration vector."""
+    """The tip's transforms by pinocchio."""
     model = pin.buildModelFromUrdf(str(path))
     data = model.createData()
     frame = model.getFrameId(tip)
-    index = [model.joints[model.getJointId(name)].idx_q for name in names]
     out = []
     for row in q:
-        full = pin.neutral(model)
-        full[index] = row
-        pin.framesForwardKinematics(model, data, full)
+        pin.framesForwardKinematics(model, data, pinocchio_configuration(model, names, row))
         out.append(data.oMf[frame].homogeneous.copy())
     return np.array(out)
+
+
+def pinocchio_jacobian(path: Path, tip: str, names: list[str], row: np.ndarray) -> np.ndarray:
+    """pinocchio's Jacobian of the tip in the base frame (tip as reference point), our joint order."""
+    model = pin.buildModelFromUrdf(str(path))
+    full = pinocchio_configuration(model, names, row)
+    jac = pin.computeFrameJacobian(model, model.createData(), full, model.getFrameId(tip), pin.LOCAL_WORLD_ALIGNED)
+    return jac[:, [model.joints[model.getJointId(n)].idx_v for n in names]]
 
 
 @pytest.mark.parametrize("robot", sorted(ROBOTS))
@@ -46,16 +63,36 @@ def test_forward_kinematics_and_jacobian_match_pinocchio(robot):
     names = [j.name for j in chain.joints]
     q = np.random.default_rng(0).uniform(chain.limits[:, 0], chain.limits[:, 1], (50, chain.num_joints))
     np.testing.assert_allclose(chain.forward(q), pinocchio_pose(path, tip, names, q), atol=1e-9)
-    # The Jacobian against pinocchio's, in the base frame with the tip as reference point.
-    model = pin.buildModelFromUrdf(str(path))
-    data = model.createData()
-    index = [model.joints[model.getJointId(n)].idx_v for n in names]
     _, jac = chain.forward_and_jacobian(q)
     for row, ours in zip(q[:10], jac[:10], strict=True):
-        full = pin.neutral(model)
-        full[[model.joints[model.getJointId(n)].idx_q for n in names]] = row
-        theirs = pin.computeFrameJacobian(model, data, full, model.getFrameId(tip), pin.LOCAL_WORLD_ALIGNED)
-        np.testing.assert_allclose(ours, theirs[:, index], atol=1e-9)
+        np.testing.assert_allclose(ours, pinocchio_jacobian(path, tip, names, row), atol=1e-9)
+
+
+MIXED = """<robot name="mixed">
+  <link name="base"/><link name="l1"/><link name="l2"/><link name="l3"/><link name="l4"/><link name="tool"/>
+  <joint name="turn" type="revolute"><parent link="base"/><child link="l1"/><axis xyz="0 0 1"/>
+    <origin xyz="0 0 0.2" rpy="0 0 0.3"/><limit lower="-2" upper="2" effort="1" velocity="1"/></joint>
+  <joint name="slide" type="prismatic"><parent link="l1"/><child link="l2"/><axis xyz="0.6 0 0.8"/>
+    <origin xyz="0.1 0.05 0" rpy="0.4 -0.2 0.1"/><limit lower="-0.3" upper="0.5" effort="1" velocity="1"/></joint>
+  <joint name="spin" type="continuous"><parent link="l2"/><child link="l3"/><axis xyz="0 1 0"/>
+    <origin xyz="0 0.2 0.1" rpy="-0.5 0 0.7"/></joint>
+  <joint name="wrist" type="revolute"><parent link="l3"/><child link="l4"/><axis xyz="1 0 0"/>
+    <origin xyz="0.15 0 0"/><limit lower="-1.5" upper="1.5" effort="1" velocity="1"/></joint>
+  <joint name="flange" type="fixed"><parent link="l4"/><child link="tool"/><origin xyz="0 0 0.12" rpy="0.2 0.1 0"/></joint>
+</robot>"""
+
+
+def test_prismatic_and_continuous_joints_match_pinocchio(tmp_path):
+    path = tmp_path / "mixed.urdf"
+    path.write_text(MIXED)
+    chain = load_chain(path, "base", "tool")
+    assert [j.kind for j in chain.joints] == ["revolute", "prismatic", "continuous", "revolute"]
+    names = [j.name for j in chain.joints]
+    q = np.random.default_rng(2).uniform(chain.limits[:, 0], chain.limits[:, 1], (40, 4))
+    np.testing.assert_allclose(chain.forward(q), pinocchio_pose(path, "tool", names, q), atol=1e-9)
+    _, jac = chain.forward_and_jacobian(q)
+    for row, ours in zip(q[:10], jac[:10], strict=True):
+        np.testing.assert_allclose(ours, pinocchio_jacobian(path, "tool", names, row), atol=1e-9)
 
 
 def test_built_in_robots_are_the_real_arms():

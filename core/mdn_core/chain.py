@@ -108,14 +108,18 @@ class SerialChain:
         object.__setattr__(self, "_origins", np.stack([_matrix(j.origin) for j in self.joints]))
         object.__setattr__(self, "_tip", _matrix(self.tip))
         object.__setattr__(self, "_axes", np.array([j.axis for j in self.joints], dtype=np.float64))
-        # Origin rotation times the joint's rotation by q: O R(q) = O + sin(q) O K + (1 - cos(q)) O K^2,
-        # with K the axis' cross-product matrix (Rodrigues): three constant matrices per joint.
-        terms = []
+        # Joint i's frame in its parent's: translation t_i, rotation O_i R(q) with, by Rodrigues,
+        # O_i R(q) = O_i + sin(q) O_i K + (1 - cos(q)) O_i K^2 (K: the axis' cross-product matrix).
+        # A frame's rotation times [t_i | O_i a | O_i | O_i K | O_i K^2] (3 x 11) gives, in one matrix
+        # product, the joint's offset, its axis and the three parts of its rotation in the base frame.
+        blocks = []
         for origin, (kx, ky, kz) in zip(self._origins, self._axes, strict=True):  # type: ignore[attr-defined]
             k = np.array([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]])
             rot = origin[:3, :3]
-            terms.append((rot, rot @ k, rot @ k @ k))
-        object.__setattr__(self, "_terms", terms)
+            axis = rot @ np.array([kx, ky, kz])
+            blocks.append(np.concatenate([origin[:3, 3:], axis[:, None], rot, rot @ k, rot @ k @ k], axis=1))
+        object.__setattr__(self, "_blocks", np.stack(blocks))
+        object.__setattr__(self, "_prismatic", [j.kind == "prismatic" for j in self.joints])
         object.__setattr__(self, "_limits", np.array([(j.lower, j.upper) for j in self.joints], dtype=np.float64))
         # Asked for on every refinement step: built once.
         object.__setattr__(self, "_periodic", np.array([j.periodic for j in self.joints]))
@@ -190,44 +194,56 @@ class SerialChain:
     def _walk(
         self, q: NDArray[np.float64], jacobian: bool, keep_origins: bool = False
     ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
-        """The tip transforms, and the Jacobian (jacobian=True) or the joints' positions (keep_origins=True)."""
-        lead = q.shape[:-1]
-        rot = np.broadcast_to(np.eye(3), (*lead, 3, 3))
-        pos = np.zeros((*lead, 3))
-        axes_world, origins_world = [], []
-        origins, axes, terms = self._origins, self._axes, self._terms  # type: ignore[attr-defined]
-        for i, joint in enumerate(self.joints):
-            pos = pos + rot @ origins[i, :3, 3]
-            base_rot, sin_term, cos_term = terms[i]
-            axis_world = rot @ (base_rot @ axes[i])  # (..., 3)
-            if joint.kind == "prismatic":
-                rot = rot @ base_rot
-                pos = pos + axis_world * q[..., i : i + 1]
+        """The tip transforms, and the Jacobian (jacobian=True) or the joints' positions (keep_origins=True).
+
+        Rows are flattened to (n, J): per joint, one (3n, 3) x (3, 11) matrix product and a few
+        elementwise updates (see _blocks in __post_init__).
+        """
+        lead, joints = q.shape[:-1], self.num_joints
+        n = int(np.prod(lead))
+        qf = q.reshape(n, joints)
+        sin, one_minus_cos = np.sin(qf), 1.0 - np.cos(qf)
+        blocks = self._blocks  # type: ignore[attr-defined]
+        pos = np.zeros((n, 3))
+        axes, origins = np.empty((n, joints, 3)), np.empty((n, joints, 3))
+        rot: NDArray[np.float64] | None = None  # the base frame's rotation is the identity
+        for i, prismatic in enumerate(self._prismatic):  # type: ignore[attr-defined]
+            if rot is None:
+                parts = np.broadcast_to(blocks[i], (n, 3, 11))
             else:
-                angle = q[..., i, None, None]
-                rot = rot @ (base_rot + np.sin(angle) * sin_term + (1.0 - np.cos(angle)) * cos_term)
-            axes_world.append(axis_world)
-            origins_world.append(pos)
+                parts = (rot.reshape(-1, 3) @ blocks[i]).reshape(n, 3, 11)
+            pos = pos + parts[:, :, 0]
+            axes[:, i] = parts[:, :, 1]
+            if prismatic:
+                rot = np.ascontiguousarray(parts[:, :, 2:5])
+                pos = pos + parts[:, :, 1] * qf[:, i : i + 1]
+            else:
+                s, c = sin[:, i, None, None], one_minus_cos[:, i, None, None]
+                rot = parts[:, :, 2:5] + s * parts[:, :, 5:8] + c * parts[:, :, 8:11]
+            origins[:, i] = pos
+        assert rot is not None
         tip = self._tip  # type: ignore[attr-defined]
-        pos = pos + rot @ tip[:3, 3]
-        rot = rot @ tip[:3, :3]
-        out = np.zeros((*lead, 4, 4))
-        out[..., :3, :3], out[..., :3, 3], out[..., 3, 3] = rot, pos, 1.0
+        out = np.zeros((n, 4, 4))
+        out[:, :3, 3] = pos + rot @ tip[:3, 3]
+        out[:, :3, :3] = rot @ tip[:3, :3]
+        out[:, 3, 3] = 1.0
         if keep_origins:
-            return out, np.stack([*origins_world, pos], axis=-2)
+            points = np.concatenate([origins, out[:, None, :3, 3]], axis=1)
+            return out.reshape(*lead, 4, 4), points.reshape(*lead, joints + 1, 3)
         if not jacobian:
-            return out, None
-        jac = np.zeros((*lead, 6, self.num_joints))
-        for i, joint in enumerate(self.joints):
-            if joint.kind == "prismatic":
-                jac[..., :3, i] = axes_world[i]
-            else:
-                a, r = axes_world[i], pos - origins_world[i]  # a x r, written out: np.cross is slow on small axes
-                jac[..., 0, i] = a[..., 1] * r[..., 2] - a[..., 2] * r[..., 1]
-                jac[..., 1, i] = a[..., 2] * r[..., 0] - a[..., 0] * r[..., 2]
-                jac[..., 2, i] = a[..., 0] * r[..., 1] - a[..., 1] * r[..., 0]
-                jac[..., 3:, i] = axes_world[i]
-        return out, jac
+            return out.reshape(*lead, 4, 4), None
+        r = out[:, None, :3, 3] - origins  # from each joint to the tip
+        a = axes
+        jac = np.zeros((n, 6, joints))
+        jac[:, 0] = a[..., 1] * r[..., 2] - a[..., 2] * r[..., 1]  # a x r, written out
+        jac[:, 1] = a[..., 2] * r[..., 0] - a[..., 0] * r[..., 2]
+        jac[:, 2] = a[..., 0] * r[..., 1] - a[..., 1] * r[..., 0]
+        jac[:, 3:] = np.swapaxes(a, -1, -2)
+        prismatic = np.array(self._prismatic)  # type: ignore[attr-defined]
+        if prismatic.any():  # a sliding joint moves the tip along its axis and does not turn it
+            jac[:, :3, prismatic] = np.swapaxes(a, -1, -2)[:, :, prismatic]
+            jac[:, 3:, prismatic] = 0.0
+        return out.reshape(*lead, 4, 4), jac.reshape(*lead, 6, joints)
 
     def within_limits(self, q: FloatArray, slack: float = 0.0) -> NDArray[np.bool_]:
         """True where every joint value (..., J) lies inside its limits (widened by slack)."""

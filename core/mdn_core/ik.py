@@ -112,13 +112,15 @@ def refine(
     tolerance: float,
     orientation_tolerance: float = DEFAULT_ORIENTATION_TOLERANCE,
     iterations: int = MAX_ITERATIONS,
+    skip: NDArray[np.bool_] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
     """Levenberg-Marquardt on the task error from each seed, kept inside the joint limits.
 
     targets (B, width), seeds (B, S, J) -> (refined values (B, S, J), steps taken (B, S)). Only the
     seeds still moving are computed; a step is kept if it lowers the weighted error (rotation
     weighted by tolerance / orientation_tolerance, so both tolerances weigh the same), and the
-    damping shrinks after a good step and grows after a bad one.
+    damping shrinks after a good step and grows after a bad one. Seeds where `skip` (B, S) is True
+    (padding) are left as they are.
     """
     goal = goal_of(chain, targets)
     batch, num, joints = np.shape(seeds)
@@ -135,6 +137,8 @@ def refine(
 
     e, pos, rot, jac = cost(theta, goal_flat)
     done = (pos <= tolerance) & ((rot <= orientation_tolerance) | np.isnan(rot))
+    if skip is not None:
+        done |= np.asarray(skip, dtype=bool).reshape(-1)
     active = np.flatnonzero(~done)
     damping = np.full(batch * num, 1e-3)
     eye = np.eye(len(weight))
@@ -237,7 +241,7 @@ def solve(
         valid = np.concatenate([valid, np.ones(more.shape[:2], dtype=bool)], axis=1)
 
     if refine_solutions:
-        angles, steps = refine(chain, targets, seeds, tol, rot_tol)
+        angles, steps = refine(chain, targets, seeds, tol, rot_tol, skip=~valid)
     else:
         angles, steps = seeds, np.zeros(seeds.shape[:2], dtype=np.int32)
     angles = choose_turns(chain, angles, None if state is None else state[:, None, :])
@@ -255,7 +259,7 @@ def solve(
     angles, pos, rot, score = angles[rows, order], pos[rows, order], rot[rows, order], score[rows, order]
     keep, steps = keep[rows, order], steps[rows, order]
     kept_mass = np.where(keep & valid[rows, order], score, 0.0)  # seeds that failed contribute nothing
-    close = np.all(joint_distance(chain, angles[:, :, None, :], angles[:, None, :, :]) < MERGE_RADIANS, axis=-1)
+    close = _pairwise_close(chain, angles)
     earlier = np.tril(np.ones(close.shape[1:], dtype=bool), k=-1)  # [i, j]: j ranks before i
     duplicate = np.any(close & earlier & keep[:, None, :], axis=-1)
     owner = np.argmax(close & (earlier | np.eye(close.shape[1], dtype=bool)) & keep[:, None, :], axis=-1)
@@ -282,6 +286,20 @@ def solve(
         status=_status(chain, targets, count, pos, refine_solutions, tol),
         iterations=np.where(shown, steps[:, :width], 0).astype(np.int32),
     )
+
+
+def _pairwise_close(chain: SerialChain, angles: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """(B, S, S): True where two solutions of a target are within MERGE_RADIANS in every joint.
+
+    One joint at a time (a loop over joints, not rows), so the (B, S, S) temporaries stay small.
+    """
+    close = np.ones((angles.shape[0], angles.shape[1], angles.shape[1]), dtype=bool)
+    for j, periodic in enumerate(chain.periodic.tolist()):
+        d = np.abs(angles[:, :, None, j] - angles[:, None, :, j])
+        if periodic:
+            d = np.minimum(d % TWO_PI, TWO_PI - d % TWO_PI)
+        close &= d < MERGE_RADIANS
+    return close
 
 
 def _ranking(
