@@ -78,7 +78,8 @@ MIXED = """<robot name="mixed">
     <origin xyz="0 0.2 0.1" rpy="-0.5 0 0.7"/></joint>
   <joint name="wrist" type="revolute"><parent link="l3"/><child link="l4"/><axis xyz="1 0 0"/>
     <origin xyz="0.15 0 0"/><limit lower="-1.5" upper="1.5" effort="1" velocity="1"/></joint>
-  <joint name="flange" type="fixed"><parent link="l4"/><child link="tool"/><origin xyz="0 0 0.12" rpy="0.2 0.1 0"/></joint>
+  <joint name="flange" type="fixed"><parent link="l4"/><child link="tool"/>
+    <origin xyz="0 0 0.12" rpy="0.2 0.1 0"/></joint>
 </robot>"""
 
 
