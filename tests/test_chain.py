@@ -32,7 +32,7 @@ def pinocchio_configuration(model: Any, names: list[str], row: np.ndarray) -> np
             full[joint.idx_q : joint.idx_q + 2] = [math.cos(value), math.sin(value)]
         else:
             full[joint.idx_q] = value
-    return full
+    return np.asarray(full)
 
 
 def pinocchio_pose(path: Path, tip: str, names: list[str], q: np.ndarray) -> np.ndarray:
@@ -52,7 +52,7 @@ def pinocchio_jacobian(path: Path, tip: str, names: list[str], row: np.ndarray) 
     model = pin.buildModelFromUrdf(str(path))
     full = pinocchio_configuration(model, names, row)
     jac = pin.computeFrameJacobian(model, model.createData(), full, model.getFrameId(tip), pin.LOCAL_WORLD_ALIGNED)
-    return jac[:, [model.joints[model.getJointId(n)].idx_v for n in names]]
+    return np.asarray(jac)[:, [model.joints[model.getJointId(n)].idx_v for n in names]]
 
 
 @pytest.mark.parametrize("robot", sorted(ROBOTS))
