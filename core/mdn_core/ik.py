@@ -25,11 +25,13 @@ FloatArray = NDArray[np.floating]
 DEFAULT_TOLERANCE = {"planar": 1e-6, "position": 1e-5, "pose": 1e-5}  # metres (the arm's length unit)
 DEFAULT_ORIENTATION_TOLERANCE = 1e-4  # radians
 DEFAULT_REFINE = True  # what a request that does not say gets
-DEFAULT_SAMPLES = {"planar": 0, "position": 32, "pose": 32}  # extra seeds drawn when a request says 0
-MAX_ITERATIONS = 60
+# Extra seeds drawn from the mixture when a request says 0 (see default_draws).
+REDUNDANT_DRAWS = 32  # more joints than task rows: every seed lands on its own point of the self-motion
+ISOLATED_DRAWS = 64  # finitely many solutions: enough draws to reach the lightly weighted branches too
+MAX_ITERATIONS = 40
 MIN_DAMPING = 1e-6
-STALL_WINDOW = 10  # steps between checks that a seed still makes progress
-STALL_RATIO = 0.5  # ... by at least halving its squared error
+STALL_WINDOW = 5  # steps between checks that a seed still makes progress
+STALL_RATIO = 0.3  # ... by cutting its squared error to under this fraction
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
 
@@ -58,6 +60,14 @@ class Solutions:
         shown = ~np.isnan(self.position_error)
         out: NDArray[np.float32] = np.where(shown, self.within_limits, np.nan).astype(np.float32)
         return out
+
+
+def default_draws(chain: SerialChain) -> int:
+    """Draws per target a request gets by default: none for planar arms (their modes are every
+    solution); REDUNDANT_DRAWS for chains with more joints than task rows; ISOLATED_DRAWS otherwise."""
+    if chain.target == "planar":
+        return 0
+    return REDUNDANT_DRAWS if chain.num_joints > chain.task_rows else ISOLATED_DRAWS
 
 
 def goal_of(chain: SerialChain, targets: FloatArray) -> NDArray[np.float64]:
@@ -162,8 +172,8 @@ def refine(
         converged = (pos[active] <= tolerance) & ((rot[active] <= orientation_tolerance) | np.isnan(rot[active]))
         active = active[~converged & (damping[active] < 1e6)]
         if step_number % STALL_WINDOW == 0 and active.size:
-            # A seed that has not halved its squared error in STALL_WINDOW steps is stuck (against a
-            # limit, or crawling along a singular direction): converging ones are far faster.
+            # A seed that has not cut its squared error to STALL_RATIO in STALL_WINDOW steps is stuck
+            # (against a limit, or crawling along a singular direction): converging ones are far faster.
             now = np.sum(e[active] * e[active], axis=-1)
             active = active[now < STALL_RATIO * then[active]]
             then[active] = np.sum(e[active] * e[active], axis=-1)
@@ -222,7 +232,7 @@ def solve(
     batch = len(targets)
     tol = tolerance or DEFAULT_TOLERANCE[chain.target]
     rot_tol = orientation_tolerance or DEFAULT_ORIENTATION_TOLERANCE
-    draws = DEFAULT_SAMPLES[chain.target] if num_samples is None else num_samples
+    draws = default_draws(chain) if num_samples is None else num_samples
     if modes is None:
         modes = mixture_modes(weights, means, scales)
     seeds = np.nan_to_num(modes.modes.astype(np.float64), nan=0.0)  # (B, M, J)

@@ -10,9 +10,9 @@ import numpy as np
 from mdn_core.chain import SerialChain, pose_targets, target_features
 from mdn_core.ik import (
     DEFAULT_ORIENTATION_TOLERANCE,
-    DEFAULT_SAMPLES,
     DEFAULT_TOLERANCE,
     Solutions,
+    default_draws,
     joint_distance,
     solve,
 )
@@ -55,7 +55,7 @@ def robot_ik_metrics(predict: Predictor, test: Dataset) -> dict[str, Any]:
     chain, targets = held_out_targets(test)
     w, m, s = predict(target_features(chain.target, targets))
     modes = mixture_modes(w, m, s)
-    draws = DEFAULT_SAMPLES[chain.target]
+    draws = default_draws(chain)
     served = solve(chain, targets, w, m, s, seed=0, modes=modes)
     raw = solve(chain, targets, w, m, s, refine_solutions=False, modes=modes, num_samples=0)
     seeds_per_target = int(np.mean(modes.num_modes)) + draws
