@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mdn_core.mixture import mixture_modes, sample_mixture
+from mdn_core.mixture import sample_mixture
 from mdn_core.model import CPU
+from mdn_core.modes import mixture_modes
 from mdn_serve.errors import DeadlineExpired, InvalidInput, QueueFull
 from mdn_serve.metrics import Metrics
 from mdn_serve.serving.batching import BatchingConfig, DynamicBatcher

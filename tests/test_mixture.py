@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from mdn_core.mixture import _density_and_peak, log_density, mixture_modes, sample_mixture, tempered_weights
+from mdn_core.climb import MixtureSearch
+from mdn_core.mixture import log_density, sample_mixture, tempered_weights
+from mdn_core.modes import mixture_modes
 
 
 def random_mixture(rng: np.random.Generator, batch: int, k: int, d: int, spread: float = 3.0):
@@ -186,11 +188,14 @@ def test_saddle_is_not_a_mode(dim):
     m = np.zeros((1, 2, dim))
     m[0, :, 0] = [-1.0, 1.0]
     s = np.full((1, 2, dim), 0.7)
-    points = np.zeros((1, 3, dim))
-    points[0, 1:, 0] = [-0.93, 0.93]  # near the means (the peaks move inwards slightly)
-    log_p, peak = _density_and_peak(np.log(w), m, 1 / s**2, points)
-    assert peak.tolist() == [[False, True, True]]
-    np.testing.assert_allclose(log_p, log_density(w, m, s, points))
+    points = np.zeros((3, dim))
+    points[1:, 0] = [-0.93, 0.93]  # near the means (the peaks move inwards slightly)
+    row = np.zeros(3, dtype=np.intp)
+    x, log_p, peak, _ = MixtureSearch.of(w, m, s, s[:, 0]).polish(points, row)
+    assert peak.tolist() == [False, True, True]
+    np.testing.assert_allclose(x[0], 0.0, atol=1e-12)  # the saddle is stationary: polishing stays there
+    np.testing.assert_allclose(log_p, log_density(w, m, s, x[None])[0])
+    assert mixture_modes(w, m, s).num_modes.tolist() == [2]
 
 
 def test_min_mass_drops_negligible_modes():

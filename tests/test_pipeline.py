@@ -13,8 +13,8 @@ import onnx
 import pytest
 from mdn_core.contract import METADATA_KEY, ContractError
 from mdn_core.ik import solve
-from mdn_core.mixture import mixture_modes
 from mdn_core.model import load_model
+from mdn_core.modes import mixture_modes
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve.errors import ModelLoadError

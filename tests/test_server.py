@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from mdn_core.mixture import mixture_modes
 from mdn_core.model import load_model
+from mdn_core.modes import mixture_modes
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from mdn_serve.tools.client import MdnClient

@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mdn_core.chain import TWO_PI, SerialChain, quaternion_matrix, rotation_log, task_of
-from mdn_core.mixture import Modes, mixture_modes, sample_mixture
+from mdn_core.mixture import sample_mixture
+from mdn_core.modes import Modes, mixture_modes
 
 FloatArray = NDArray[np.floating]
 

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from mdn_core.ik import solve
 from mdn_core.kinematics import PlanarArm
-from mdn_core.mixture import log_density, mixture_modes
+from mdn_core.mixture import log_density
 from mdn_core.model import Mixture, load_graph
+from mdn_core.modes import mixture_modes
 from numpy.typing import NDArray
 
 from mdn_train.data import INVERSE_SINE_NOISE, Dataset, inverse_sine_forward

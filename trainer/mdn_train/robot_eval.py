@@ -16,7 +16,7 @@ from mdn_core.ik import (
     joint_distance,
     solve,
 )
-from mdn_core.mixture import Modes, mixture_modes
+from mdn_core.modes import Modes, mixture_modes
 from numpy.typing import NDArray
 
 from mdn_train.data import Dataset

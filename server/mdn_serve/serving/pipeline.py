@@ -22,8 +22,9 @@ from typing import NamedTuple
 import numpy as np
 from mdn_core.chain import SerialChain
 from mdn_core.ik import DEFAULT_REFINE, Solutions, solve
-from mdn_core.mixture import Modes, mixture_modes, sample_draws, samples_from_draws
+from mdn_core.mixture import sample_draws, samples_from_draws
 from mdn_core.model import Mixture
+from mdn_core.modes import Modes, mixture_modes
 from numpy.typing import NDArray
 
 

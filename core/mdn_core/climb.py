@@ -1,0 +1,266 @@
+"""Search primitives on one batch's Gaussian mixture, for mdn_core.modes: climbing, Newton polishing,
+dip checks, the quasi-random draws, and exact basin masses in one dimension."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mdn_core.mixture import _LOG_2PI, _logsumexp, _max_last, _sum_last
+
+FloatArray = NDArray[np.floating]
+
+CAP = 1.0  # a climbing step is at most this many local scales long
+NEWTON_TOL = 1e-7  # polishing stops when a Newton step is below this fraction of the finest scale
+NEWTON_STEPS = 60
+DIP_POINTS = 7  # density checks on the segment between two nearby modes
+_FEW_STARTS = 64
+_STEPS_PER_GATHER = 8
+_CHUNK = 1 << 15  # starts per climbing chunk: bounds the (starts, K, D) temporaries
+
+
+def _min_last(a: FloatArray) -> FloatArray:
+    out: FloatArray = functools.reduce(np.minimum, [a[..., j] for j in range(a.shape[-1])])
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def basin_points(count: int, dim: int) -> NDArray[np.float64]:
+    """`count` fixed points spread evenly over the standard normal in `dim` dimensions (read-only).
+
+    Quasi-random rather than random: the uniforms are the midpoints (j + 1/2) / count in one
+    dimension and, in more, antithetic pairs (u, 1 - u) from a Kronecker sequence (the R_d
+    sequence: frac(1/2 + j * alpha), alpha the powers of the inverse of the d-dimensional golden
+    ratio), mapped through the normal's inverse CDF. A basin's share of a component is then
+    estimated with an error nearer 1 / count than the 1 / sqrt(count) of random draws.
+    """
+    if dim == 1:
+        uniform = (np.arange(count, dtype=np.float64)[:, None] + 0.5) / count
+    else:
+        phi = 2.0
+        for _ in range(64):  # the root of x^(d+1) = x + 1
+            phi = (1.0 + phi) ** (1.0 / (dim + 1))
+        alpha = (1.0 / phi) ** np.arange(1, dim + 1)
+        half = (0.5 + np.arange((count + 1) // 2, dtype=np.float64)[:, None] * alpha[None, :]) % 1.0
+        uniform = np.concatenate([half, 1.0 - half])[:count]  # antithetic: symmetric about the mean
+    points: NDArray[np.float64] = np.vectorize(_normal_quantile, otypes=[np.float64])(uniform)
+    points.setflags(write=False)
+    return points
+
+
+def _normal_quantile(u: float) -> float:
+    """The standard normal's inverse CDF by bisection on math.erf (only for the cached points above)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * (1.0 + math.erf(mid / math.sqrt(2.0))) < u:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class MixtureSearch:
+    """One batch's mixture in the form the searches use (float64)."""
+
+    log_w: FloatArray  # (B, K)
+    means: FloatArray  # (B, K, D)
+    precisions: FloatArray  # (B, K, D): 1 / scale^2
+    log_norm: FloatArray  # (B, K): log weight + log of the normal's constant
+    weighted_means: FloatArray  # (B, K, D): mean * precision
+    unit: FloatArray  # (B, D): the finest scale searched, the unit of every tolerance
+
+    @classmethod
+    def of(cls, weights: FloatArray, means: FloatArray, scales: FloatArray, unit: FloatArray) -> MixtureSearch:
+        with np.errstate(divide="ignore"):
+            log_w = np.log(weights.astype(np.float64))
+        mu = means.astype(np.float64)
+        precisions = 1.0 / np.square(scales.astype(np.float64))
+        log_norm = log_w + 0.5 * _sum_last(np.log(precisions)) - 0.5 * mu.shape[-1] * _LOG_2PI
+        return cls(log_w, mu, precisions, log_norm, mu * precisions, unit)
+
+    def single(self) -> MixtureSearch:
+        """The same in float32: enough to tell which basin a climb ends in, and half the memory traffic."""
+        f = np.float32
+        return MixtureSearch(*(a.astype(f) for a in (self.log_w, self.means, self.precisions, self.log_norm,
+                                                 self.weighted_means, self.unit)))  # fmt: skip
+
+    def climb(
+        self,
+        x: FloatArray,
+        row: NDArray[np.intp],
+        tol: FloatArray,
+        max_iter: int,
+        known: tuple[NDArray[np.intp], FloatArray, FloatArray] | None = None,
+    ) -> tuple[FloatArray, NDArray[np.intp]]:
+        """Fixed-point steps from points x (N, D) of rows `row` until a step is below tol (N, D).
+
+        A fixed-point step raises p but may leap across a valley into another mode's basin. So a
+        step is at most CAP local scales long (1 / sqrt of the responsibility-weighted precision),
+        and a step after which the density falls along its own direction (the climb passed a
+        crest) is halved, back towards where it came from: each start stays in the basin it began
+        in, and its end point says which basin that is. With `known` = (table (B, W) of mode
+        indices per row, -1 padded; their points (M, D); their capture radii (M,)), a climb that
+        comes within a known mode's radius stops there. Returns the end points and the capturing mode (or -1) of each.
+        """
+        x = x.copy()
+        last = np.zeros_like(x)  # each point's previous step
+        caught = np.full(len(x), -1, dtype=np.intp)
+        for lo in range(0, len(x), _CHUNK):
+            index = np.arange(lo, min(lo + _CHUNK, len(x)))
+            steps = 0
+            while index.size and steps < max_iter:
+                b = row[index]
+                xa, sa = x[index], last[index]
+                mb, pb, wb, nb = self.means[b], self.precisions[b], self.weighted_means[b], self.log_norm[b]
+                # With few starts left (slow ones on flat, overlapping components), several steps per
+                # gather: numpy's per-call cost, not arithmetic, is what they spend.
+                for _ in range(1 if index.size > _FEW_STARTS else _STEPS_PER_GATHER):
+                    diff = xa[:, None, :] - mb
+                    log_r = nb - 0.5 * _sum_last(diff * diff * pb)
+                    r = np.exp(log_r - _max_last(log_r)[:, None])  # unnormalised: the ratios cancel it
+                    rp = np.einsum("pk,pkd->pd", r, pb)
+                    ahead = np.einsum("pk,pkd->pd", r, wb) / rp - xa  # the fixed-point step, along D grad log p
+                    reach = CAP / np.sqrt(rp / _sum_last(r)[:, None])
+                    with np.errstate(over="ignore", divide="ignore"):  # a zero step: no shortening needed
+                        ahead *= np.minimum(1.0, _min_last(reach / np.abs(ahead)))[:, None]
+                    passed = _sum_last(rp * ahead * sa) < 0.0  # the density now falls along the last step
+                    sa = np.where(passed[:, None], 0.5 * sa, ahead)
+                    xa = np.where(passed[:, None], xa - sa, xa + ahead)
+                    steps += 1
+                x[index], last[index] = xa, sa
+                moving = _max_last(np.abs(sa) / tol[index]) > 1.0
+                if known is not None and known[0].shape[1]:
+                    table, points, radius = known
+                    near = table[b]  # (P, W)
+                    there = np.maximum(near, 0)
+                    gap = _sum_last((points[there] - xa[:, None, :]) ** 2) / radius[there] ** 2
+                    gap = np.where(near >= 0, gap, np.inf)
+                    best = np.argmin(gap, axis=1)
+                    pick = np.arange(len(b))
+                    inside = gap[pick, best] < 1.0
+                    caught[index[inside]] = near[pick, best][inside]
+                    moving &= ~inside
+                index = index[moving]
+        return x, caught
+
+    def local(self, x: FloatArray, row: NDArray[np.intp]) -> tuple[FloatArray, ...]:
+        """At points x (N, D) of rows `row`: log p (N,), its gradient (N, D) and Hessian (N, D, D), and
+        the fixed-point step's destination (N, D)."""
+        mu, prec = self.means[row], self.precisions[row]
+        diff = x[:, None, :] - mu  # (N, K, D)
+        grad_k = -diff * prec  # gradient of log N_k
+        log_joint = self.log_norm[row] + 0.5 * _sum_last(diff * grad_k)
+        log_p = _logsumexp(log_joint)
+        r = np.exp(log_joint - log_p[:, None])  # responsibilities (N, K)
+        grad = np.einsum("nk,nkd->nd", r, grad_k)
+        hess = np.swapaxes(grad_k * r[:, :, None], 1, 2) @ grad_k - grad[:, :, None] * grad[:, None, :]
+        diag = np.einsum("nk,nkd->nd", r, prec)
+        hess -= diag[:, :, None] * np.eye(x.shape[-1])
+        fixed = np.einsum("nk,nkd->nd", r, self.weighted_means[row]) / diag
+        return log_p, grad, hess, fixed, diag
+
+    def polish(
+        self, x: FloatArray, row: NDArray[np.intp]
+    ) -> tuple[FloatArray, FloatArray, NDArray[np.bool_], FloatArray]:
+        """Newton steps on log p from x (N, D): (points, log p, whether each is a converged peak, and
+        the largest curvature -d2 log p there, along the peak's narrowest direction)."""
+        x = x.copy()
+        converged = np.zeros(len(x), dtype=bool)
+        active = np.arange(len(x))
+        for _ in range(NEWTON_STEPS):
+            if not active.size:
+                break
+            b = row[active]
+            xa = x[active]
+            log_p, grad, hess, fixed, diag = self.local(xa, b)
+            eig_max = np.linalg.eigvalsh(hess)[:, -1]
+            concave = eig_max < 0.0
+            safe = np.where(concave[:, None, None], hess, -np.eye(xa.shape[-1]))
+            newton = -np.linalg.solve(safe, grad[:, :, None])[:, :, 0]
+            unit = self.unit[b]
+            # Converged: the Newton step (where log p is concave) or, where the curvature has
+            # vanished to rounding (the very top of a flat peak), the fixed-point step, below NEWTON_TOL.
+            flat = ~concave & (eig_max <= 1e-6 * _max_last(diag))
+            done = np.where(
+                concave,
+                _max_last(np.abs(newton) / unit) <= NEWTON_TOL,
+                flat & (_max_last(np.abs(fixed - xa) / unit) <= NEWTON_TOL),
+            )
+            converged[active[done]] = True
+            # Otherwise a Newton step, halved up to twice until it climbs, else the fixed point
+            # (which never lowers p).
+            step = fixed.copy()
+            pending = concave & ~done
+            for fraction in (1.0, 0.5, 0.25):
+                trial = xa + fraction * newton
+                climbed = pending & (self.local(trial, b)[0] >= log_p - 1e-12 * np.abs(log_p))
+                step[climbed] = trial[climbed]
+                pending &= ~climbed
+            x[active[~done]] = step[~done]
+            active = active[~done]
+        log_p, _, hess, _, diag = self.local(x, row)
+        # A peak: no direction of positive curvature. The allowance (relative to the precisions)
+        # admits flat-topped peaks, where the curvature itself goes to 0; a saddle's is far larger.
+        eig = np.linalg.eigvalsh(hess)
+        peak = converged & (eig[:, -1] <= 1e-6 * _max_last(diag))
+        return x, log_p, peak, -eig[:, 0]  # ..., and the sharpest curvature of log p
+
+    def no_dip(self, a: FloatArray, b: FloatArray, row: NDArray[np.intp], floor: FloatArray) -> NDArray[np.bool_]:
+        """True where log p stays at or above floor (N,) all along the segments from a to b (N, D)."""
+        t = np.arange(1, DIP_POINTS + 1) / (DIP_POINTS + 1)
+        points = a[:, None, :] + t[None, :, None] * (b - a)[:, None, :]  # (N, T, D)
+        n, count, dim = points.shape
+        log_p = self.local(points.reshape(n * count, dim), np.repeat(row, count))[0].reshape(n, count)
+        out: NDArray[np.bool_] = np.min(log_p, axis=1) >= floor - 1e-12 * np.abs(floor)
+        return out
+
+
+def normal_cdf(z: FloatArray) -> FloatArray:
+    """The standard normal CDF, through erf by Abramowitz and Stegun 7.1.26 (absolute error < 1.5e-7)."""
+    x = np.abs(z) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = 1.0 - poly * np.exp(-x * x)
+    out: FloatArray = 0.5 * (1.0 + np.sign(z) * erf)
+    return out
+
+
+def interval_masses(
+    mix: MixtureSearch,
+    weights: FloatArray,
+    scales: FloatArray,
+    x: FloatArray,
+    row: NDArray[np.intp],
+    is_mode: NDArray[np.bool_],
+) -> FloatArray:
+    """One dimension: each mode's basin is the interval between the density's minima on either side
+    of it; its probability is the mixture's CDF difference over that interval (exact to 1.5e-7)."""
+    mass = np.zeros(len(x))
+    modes = np.flatnonzero(is_mode)
+    modes = modes[np.lexsort((x[modes], row[modes]))]  # by row, then position
+    r = row[modes]
+    inner = np.flatnonzero(r[1:] == r[:-1])  # gaps between neighbouring modes of one row
+    lo, hi = x[modes[inner]], x[modes[inner + 1]]
+    gr = r[inner]
+    mu, prec = mix.means[gr, :, 0], mix.precisions[gr, :, 0]
+    for _ in range(60):  # bisection for where d/dx log p turns from falling to rising
+        mid = 0.5 * (lo + hi)
+        log_joint = mix.log_norm[gr] - 0.5 * (mid[:, None] - mu) ** 2 * prec
+        r_mid = np.exp(log_joint - np.max(log_joint, axis=1, keepdims=True))
+        falling = np.sum(r_mid * (mu - mid[:, None]) * prec, axis=1) < 0.0
+        lo, hi = np.where(falling, mid, lo), np.where(falling, hi, mid)
+    cut = 0.5 * (lo + hi)
+    left = np.full(len(modes), -np.inf)
+    right = np.full(len(modes), np.inf)
+    left[inner + 1], right[inner] = cut, cut
+    mu, sigma = mix.means[r, :, 0], scales.astype(np.float64)[r, :, 0]
+    with np.errstate(invalid="ignore"):
+        share = normal_cdf((right[:, None] - mu) / sigma) - normal_cdf((left[:, None] - mu) / sigma)
+    mass[modes] = np.sum(weights[r] * share, axis=1)
+    return mass
