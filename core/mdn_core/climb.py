@@ -149,6 +149,11 @@ class MixtureSearch:
                 index = index[moving]
         return x, caught
 
+    def log_p(self, x: FloatArray, row: NDArray[np.intp]) -> FloatArray:
+        """log p at points x (N, D) of rows `row`."""
+        diff = x[:, None, :] - self.means[row]
+        return _logsumexp(self.log_norm[row] - 0.5 * _sum_last(diff * diff * self.precisions[row]))
+
     def local(self, x: FloatArray, row: NDArray[np.intp]) -> tuple[FloatArray, ...]:
         """At points x (N, D) of rows `row`: log p (N,), its gradient (N, D) and Hessian (N, D, D), and
         the fixed-point step's destination (N, D)."""
@@ -179,29 +184,23 @@ class MixtureSearch:
             b = row[active]
             xa = x[active]
             log_p, grad, hess, fixed, diag = self.local(xa, b)
-            eig_max = np.linalg.eigvalsh(hess)[:, -1]
-            concave = eig_max < 0.0
-            safe = np.where(concave[:, None, None], hess, -np.eye(xa.shape[-1]))
-            newton = -np.linalg.solve(safe, grad[:, :, None])[:, :, 0]
+            newton = _newton_steps(hess, grad, diag)
             unit = self.unit[b]
-            # Converged: the Newton step (where log p is concave) or, where the curvature has
-            # vanished to rounding (the very top of a flat peak), the fixed-point step, below NEWTON_TOL.
-            flat = ~concave & (eig_max <= 1e-6 * _max_last(diag))
-            done = np.where(
-                concave,
-                _max_last(np.abs(newton) / unit) <= NEWTON_TOL,
-                flat & (_max_last(np.abs(fixed - xa) / unit) <= NEWTON_TOL),
-            )
-            converged[active[done]] = True
-            # Otherwise a Newton step, halved up to twice until it climbs, else the fixed point
-            # (which never lowers p).
+            # A Newton step, halved up to twice until it climbs, else the fixed-point step (which
+            # never lowers p). Converged: the Newton step is below NEWTON_TOL, or (at the very top of a
+            # flat peak, where the curvature vanishes to rounding and Newton fails) the fixed-point step.
+            newton_small = _max_last(np.abs(newton) / unit) <= NEWTON_TOL
             step = fixed.copy()
-            pending = concave & ~done
+            pending = np.flatnonzero(~newton_small)
             for fraction in (1.0, 0.5, 0.25):
-                trial = xa + fraction * newton
-                climbed = pending & (self.local(trial, b)[0] >= log_p - 1e-12 * np.abs(log_p))
-                step[climbed] = trial[climbed]
-                pending &= ~climbed
+                trial = xa[pending] + fraction * newton[pending]
+                climbed = self.log_p(trial, b[pending]) >= log_p[pending] - 1e-12 * np.abs(log_p[pending])
+                step[pending[climbed]] = trial[climbed]
+                pending = pending[~climbed]
+            newton_failed = np.zeros(len(xa), dtype=bool)
+            newton_failed[pending] = True
+            done = newton_small | (newton_failed & (_max_last(np.abs(fixed - xa) / unit) <= NEWTON_TOL))
+            converged[active[done]] = True
             x[active[~done]] = step[~done]
             active = active[~done]
         log_p, _, hess, _, diag = self.local(x, row)
@@ -216,9 +215,21 @@ class MixtureSearch:
         t = np.arange(1, DIP_POINTS + 1) / (DIP_POINTS + 1)
         points = a[:, None, :] + t[None, :, None] * (b - a)[:, None, :]  # (N, T, D)
         n, count, dim = points.shape
-        log_p = self.local(points.reshape(n * count, dim), np.repeat(row, count))[0].reshape(n, count)
+        log_p = self.log_p(points.reshape(n * count, dim), np.repeat(row, count)).reshape(n, count)
         out: NDArray[np.bool_] = np.min(log_p, axis=1) >= floor - 1e-12 * np.abs(floor)
         return out
+
+
+def _newton_steps(hess: FloatArray, grad: FloatArray, diag: FloatArray) -> FloatArray:
+    """-H^-1 g for each point (N, D, D), (N, D); H shifted by a rounding-sized multiple of the identity
+    so that a singular one (a flat top) still solves. Where H is not concave the step may point
+    anywhere: the caller only takes it if it climbs."""
+    shift = 1e-12 * _max_last(diag)[:, None, None] * np.eye(hess.shape[-1])
+    try:
+        out: FloatArray = -np.linalg.solve(hess - shift, grad[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:  # an exactly singular one in the batch: the pseudo-inverse
+        out = -(np.linalg.pinv(hess - shift) @ grad[:, :, None])[:, :, 0]
+    return out
 
 
 def normal_cdf(z: FloatArray) -> FloatArray:
