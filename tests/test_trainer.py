@@ -79,8 +79,8 @@ def test_metadata_describes_the_model(trained):
 
 def test_reports_and_plots_are_written(trained):
     for name, plots in (
-        ("inverse_sine", {"toy_density.png", "toy_weights.png"}),
-        ("two_link_arm", {"arm_workspace_errors.png", "arm_solutions.png", "arm_ik_solutions.png"}),
+        ("inverse_sine", {"toy_density.png", "toy_weights.png", "calibration.png"}),
+        ("two_link_arm", {"arm_workspace_errors.png", "arm_solutions.png", "arm_ik_solutions.png", "calibration.png"}),
     ):
         run = trained["runs"] / name
         report = json.loads((run / "report.json").read_text())
@@ -89,6 +89,9 @@ def test_reports_and_plots_are_written(trained):
         assert all((run / "plots" / p).stat().st_size > 10_000 for p in plots)
         assert "| mdn_nll |" in (run / "report.md").read_text()
     toy = json.loads((trained["runs"] / "inverse_sine" / "report.json").read_text())["metrics"]
+    for side in ("mdn", "baseline"):
+        y = toy["calibration"][side]["outputs"]["x"]
+        assert 0.0 <= y["pit_ks"] <= 1.0 and y["crps"] > 0 and 0.0 <= toy["calibration"][side]["hdr_90"] <= 1.0
     assert toy["nll_gap"] == pytest.approx(toy["mdn_nll"] - toy["optimal_nll"])
     assert toy["nll_gap"] > 0  # nothing beats the exact conditional
 
@@ -214,4 +217,4 @@ def test_three_link_arm_trains_exports_and_reports_its_solution_spread(tmp_path)
     ik = report["metrics"]["ik"]
     assert "joint_spread_rad" in ik and ik["joint_limit_violations"] == 0
     assert ik["fk_error_after_refinement"]["max"] <= 1e-6
-    assert set(report["plots"]) == {"arm_workspace_errors.png", "arm_ik_solutions.png"}
+    assert set(report["plots"]) == {"arm_workspace_errors.png", "arm_ik_solutions.png", "calibration.png"}

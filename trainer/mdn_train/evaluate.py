@@ -16,6 +16,7 @@ from mdn_core.model import Mixture, load_graph
 from mdn_core.modes import mixture_modes
 from numpy.typing import NDArray
 
+from mdn_train.calibration import baseline_calibration, mdn_calibration
 from mdn_train.data import INVERSE_SINE_NOISE, Dataset, inverse_sine_forward
 
 Predictor = Callable[[NDArray[np.float32]], Mixture]  # x (B, in_dim) -> the mixture
@@ -119,6 +120,11 @@ def evaluate(
         "num_test": len(x),
         "mdn_nll": float(-np.mean(log_density(w, m, s, y))),
         "baseline_nll": gaussian_nll(baseline(x), y, baseline_std),
+    }
+    names = list(test.target_names)
+    metrics["calibration"] = {
+        "mdn": mdn_calibration(w, m, s, y, names),
+        "baseline": baseline_calibration(baseline(x), baseline_std, y, names),
     }
     if test.task == "inverse_sine":
         best = float(np.mean(inverse_sine_optimal_nll(x[:, 0].astype(np.float64))))

@@ -36,9 +36,9 @@ from mdn_core.model import load_model
 from mdn_train.config import RunConfig
 from mdn_train.data import Dataset, make_dataset, split
 from mdn_train.errors import TrainerError
-from mdn_train.evaluate import OnnxMixture, evaluate, write_report
+from mdn_train.evaluate import OnnxMixture, evaluate, target_checks, write_report
 from mdn_train.model import MDN, LeastSquares, MixtureExport
-from mdn_train.plots import make_plots
+from mdn_train.plots import calibration_plot, make_plots
 from mdn_train.robot_eval import robot_ik_metrics
 from mdn_train.train import CHECKPOINT, load_checkpoint
 
@@ -175,7 +175,10 @@ def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plot
         except ContractError as exc:
             raise TrainerError(f"the exported file breaks the serving contract: {exc}") from None
 
-        plot_paths = make_plots(run_dir / "plots", test, predictor, predict_baseline) if plots else []
+        plot_paths = []
+        if plots:
+            plot_paths = make_plots(run_dir / "plots", test, predictor, predict_baseline)
+            plot_paths.append(calibration_plot(run_dir / "plots", metrics["calibration"]))
         write_report(run_dir, run.name, str(ver), metrics, plot_paths)
 
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +226,10 @@ def _print_summary(name: str, version: int, path: Path, m: dict[str, Any]) -> No
         parts.append(f"coverage {m['branch_coverage']:.4f}, FK error median {fk['median']:.2g} p95 {fk['p95']:.2g}")
         parts.append(f"least squares FK median {m['baseline_fk_error']['median']:.2g}")
     print(f"{name} v{version}: " + ", ".join(parts) + f" -> {path}", flush=True)
+    for check in target_checks(m):
+        if not check["met"]:
+            print(f"warning: {name} v{version} misses its target {check['metric']} {check['target']} "
+                  f"(got {check['value']})", flush=True)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

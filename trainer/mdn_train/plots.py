@@ -208,3 +208,34 @@ def _seed_errors(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
            title="Where refinement starts")  # fmt: skip
     ax.legend()
     return _save(fig, out_dir / "seed_errors.png")
+
+
+def calibration_plot(out_dir: Path, calibration: dict[str, Any]) -> Path:
+    """PIT histograms per output (flat at 1 when calibrated) and nominal against observed coverage."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mdn, base = calibration["mdn"], calibration["baseline"]
+    names = list(mdn["outputs"])
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.0), squeeze=False)
+    edges = np.linspace(0.0, 1.0, len(mdn["outputs"][names[0]]["pit_histogram"]) + 1)
+    for ax, name in zip(axes[0], names, strict=False):
+        for label, source, style in (("MDN", mdn, {"color": "C0"}), ("least squares", base, {"color": "C3"})):
+            density = np.asarray(source["outputs"][name]["pit_histogram"]) * (len(edges) - 1)
+            ax.stairs(density, edges, label=label, linewidth=1.5, **style)
+        ax.axhline(1.0, color="k", linestyle=":", linewidth=1)
+        ax.set_title(f"PIT: {name}")
+        ax.set_xlabel("predicted CDF at the true value")
+    axes[0][0].set_ylabel("density (1 = calibrated)")
+    axes[0][0].legend(fontsize=7)
+    ax = axes[0][-1]
+    levels = np.array([0.5, 0.9, 0.95])
+    for label, source, color in (("MDN", mdn, "C0"), ("least squares", base, "C3")):
+        hdr = [source[f"hdr_{int(c * 100)}"] for c in levels]
+        central = [np.mean([source["outputs"][n][f"central_{int(c * 100)}"] for n in names]) for c in levels]
+        ax.plot(levels, hdr, "o-", color=color, label=f"{label}: highest-density region")
+        ax.plot(levels, central, "s--", color=color, label=f"{label}: central intervals", alpha=0.6)
+    ax.plot([0.4, 1.0], [0.4, 1.0], "k:", linewidth=1)
+    ax.set_xlabel("nominal probability")
+    ax.set_ylabel("observed fraction")
+    ax.set_title("coverage")
+    ax.legend(fontsize=6)
+    return _save(fig, out_dir / "calibration.png")
