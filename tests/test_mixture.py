@@ -85,6 +85,19 @@ def test_temperature_reweights_components_and_scales_spread():
         assert np.var(samples[samples < 0]) == pytest.approx(tau, rel=0.05)
 
 
+def test_scale_temperature_tempers_the_scales_alone():
+    w = np.array([[0.8, 0.2]], np.float32)
+    m = np.array([[[-10.0], [10.0]]], np.float32)
+    s = np.ones((1, 2, 1), np.float32)
+    samples = sample_mixture(w, m, s, 100_000, np.random.default_rng(0), temperature=0.5, scale_temperature=3.0)[
+        0, :, 0
+    ]
+    assert np.mean(samples < 0) == pytest.approx(tempered_weights(w, 0.5)[0, 0], abs=0.01)
+    assert np.var(samples[samples < 0]) == pytest.approx(3.0, rel=0.05)
+    same = sample_mixture(w, m, s, 1000, np.random.default_rng(1), temperature=0.5)
+    np.testing.assert_array_equal(same, sample_mixture(w, m, s, 1000, np.random.default_rng(1), 0.5, 0.5))
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
 def test_bad_temperature_is_rejected(bad):
     w, m, s = random_mixture(np.random.default_rng(0), 1, 2, 1)

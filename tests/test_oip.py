@@ -126,6 +126,20 @@ def test_samples_with_parameters_match_mdn_v1(server, stub, params):
     np.testing.assert_array_equal(got["samples"], expected.samples)
 
 
+def test_scale_temperature_over_both_protocols(server, stub):
+    params = {"num_samples": p_int(50), "seed": p_int(11), "scale_temperature": p_str("0")}
+    got = as_arrays(stub.ModelInfer(infer_request(outputs=["samples", "means"], params=params)))
+    expected = MdnClient(server.target).sample(ARM, X, 50, seed=11, scale_temperature=0.0)
+    np.testing.assert_array_equal(got["samples"], expected.samples)
+    # Scales at zero: every draw is one of the component means.
+    distance = np.abs(got["samples"][:, :, None, :] - got["means"][:, None, :, :]).max(axis=-1).min(axis=-1)
+    assert distance.max() == 0.0
+    bad = {"num_samples": p_int(5), "scale_temperature": oip.InferParameter(double_param=-1.0)}
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(infer_request(outputs=["samples"], params=bad))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "scale_temperature" in caught.value.details()
+
+
 @pytest.mark.parametrize("raw", [True, False])
 def test_modes_match_mdn_v1(server, stub, raw):
     outputs = ["num_modes", "modes", "mode_log_density", "mode_mass"]

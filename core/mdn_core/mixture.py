@@ -103,8 +103,14 @@ def samples_from_draws(
     uniforms: NDArray[np.float64],
     normals: NDArray[np.float64],
     temperature: float = 1.0,
+    scale_temperature: float | None = None,
 ) -> NDArray[np.float32]:
-    """Turn draws into mixture samples (B, N, D): inverse-CDF component choice, then scale and shift."""
+    """Turn draws into mixture samples (B, N, D): inverse-CDF component choice, then scale and shift.
+
+    The weights are tempered by `temperature`, the scales by `scale_temperature` (times its square
+    root; None: the same temperature). As a temperature goes to 0 the draw goes to the heaviest
+    component's mean, with no NaN at any finite temperature > 0.
+    """
     batch = means.shape[0]
     w = tempered_weights(weights, temperature)
     cdf = np.cumsum(w, axis=-1)  # (B, K)
@@ -119,7 +125,8 @@ def samples_from_draws(
     k = means.shape[1]
     index = np.arange(batch)[:, None] * k + comp  # (B, N)
     mu = np.take(means.reshape(batch * k, -1), index, axis=0)  # (B, N, D)
-    sigma = np.take(scales.reshape(batch * k, -1), index, axis=0) * np.sqrt(temperature)
+    spread = temperature if scale_temperature is None else scale_temperature
+    sigma = np.take(scales.reshape(batch * k, -1), index, axis=0) * np.sqrt(spread)
     out: NDArray[np.float32] = (mu + sigma * normals).astype(np.float32)
     return out
 
@@ -131,15 +138,17 @@ def sample_mixture(
     num_samples: int,
     rng: np.random.Generator,
     temperature: float = 1.0,
+    scale_temperature: float | None = None,
 ) -> NDArray[np.float32]:
     """Draw num_samples points from each row's mixture -> (B, N, D) float32.
 
     Temperature tau reshapes the mixture: weights proportional to pi^(1/tau) and scales
-    times sqrt(tau). tau < 1 sharpens towards the dominant components, tau > 1 flattens.
+    times sqrt(tau) (or sqrt(scale_temperature) when given). tau < 1 sharpens towards the dominant
+    components, tau > 1 flattens.
     The draws depend only on the inputs and the generator's state.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     tempered_weights(weights[:0], temperature)  # validates the temperature before drawing
     uniforms, normals = sample_draws(rng, means.shape[0], num_samples, means.shape[-1])
-    return samples_from_draws(weights, means, scales, uniforms, normals, temperature)
+    return samples_from_draws(weights, means, scales, uniforms, normals, temperature, scale_temperature)

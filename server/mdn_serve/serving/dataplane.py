@@ -116,6 +116,9 @@ class Dataplane:
         t = spec.temperature
         if math.isnan(t) or t < 0 or math.isinf(t):
             raise InvalidInput(f"temperature must be a finite number >= 0 (0 means 1.0), got {t}")
+        s = spec.scale_temperature
+        if s is not None and not (math.isfinite(s) and s >= 0):
+            raise InvalidInput(f"scale_temperature must be a finite number >= 0 (0: draws at the means), got {s}")
         total = rows * spec.num_samples
         if total > self.limits.max_samples:
             raise LimitExceeded(

@@ -33,10 +33,15 @@ class SampleSpec:
     num_samples: int
     seed: int | None = None  # None draws fresh entropy
     temperature: float = 0.0  # 0 means 1.0
+    scale_temperature: float | None = None  # None: the same as temperature
 
     @property
     def tau(self) -> float:
         return 1.0 if self.temperature == 0 else float(self.temperature)
+
+    @property
+    def scale_tau(self) -> float | None:
+        return None if self.scale_temperature is None else float(self.scale_temperature)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -109,14 +114,14 @@ def postprocess(
 
 
 def _samples(asks: Sequence[Ask], bounds: Sequence[int], mix: Mixture) -> dict[int, NDArray[np.float32]]:
-    """Sample every request that asked, vectorised over requests that share (N, temperature)."""
-    groups: dict[tuple[int, float], list[int]] = collections.defaultdict(list)
+    """Sample every request that asked, vectorised over requests that share (N, temperatures)."""
+    groups: dict[tuple[int, float, float | None], list[int]] = collections.defaultdict(list)
     for i, ask in enumerate(asks):
         if ask.sampling is not None:
-            groups[(ask.sampling.num_samples, ask.sampling.tau)].append(i)
+            groups[(ask.sampling.num_samples, ask.sampling.tau, ask.sampling.scale_tau)].append(i)
     out: dict[int, NDArray[np.float32]] = {}
     dim = mix.means.shape[-1]
-    for (num, tau), members in groups.items():
+    for (num, tau, scale_tau), members in groups.items():
         rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
         draws = []
         for i in members:
@@ -125,7 +130,9 @@ def _samples(asks: Sequence[Ask], bounds: Sequence[int], mix: Mixture) -> dict[i
             draws.append(sample_draws(np.random.default_rng(spec.seed), bounds[i + 1] - bounds[i], num, dim))
         uniforms = np.concatenate([u for u, _ in draws])
         normals = np.concatenate([z for _, z in draws])
-        drawn = samples_from_draws(mix.weights[rows], mix.means[rows], mix.scales[rows], uniforms, normals, tau)
+        drawn = samples_from_draws(
+            mix.weights[rows], mix.means[rows], mix.scales[rows], uniforms, normals, tau, scale_tau
+        )
         offset = 0
         for i in members:
             n = bounds[i + 1] - bounds[i]

@@ -128,6 +128,7 @@ class MdnClient:
         seed: int | None = None,
         temperature: float = 0.0,
         version: str = "",
+        scale_temperature: float | None = None,
     ) -> SampleResult:
         req = pb.SampleRequest(
             model=pb.ModelRef(name=name, version=version),
@@ -135,6 +136,7 @@ class MdnClient:
             num_samples=num_samples,
             seed=seed,
             temperature=temperature,
+            scale_temperature=scale_temperature,
         )
         r = self.stub.Sample(req, timeout=self.timeout, metadata=self._metadata)
         return SampleResult(r.model.name, r.model.version, _arr(r.samples))

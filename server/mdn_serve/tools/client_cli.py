@@ -161,7 +161,9 @@ def run_cli(args: argparse.Namespace, client: MdnClient) -> str:
     if args.command == "predict":
         result = client.predict(args.model, x, args.version)
     elif args.command == "sample":
-        result = client.sample(args.model, x, args.num_samples, args.seed, args.temperature, args.version)
+        result = client.sample(
+            args.model, x, args.num_samples, args.seed, args.temperature, args.version, args.scale_temperature
+        )
     else:
         result = client.modes(args.model, x, args.max_modes, args.version)
     if args.json:
@@ -196,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("-n", "--num-samples", type=int, default=10)
             c.add_argument("--seed", type=int)
             c.add_argument("--temperature", type=float, default=0.0, help="0 means 1.0")
+            c.add_argument(
+                "--scale-temperature",
+                type=float,
+                default=None,
+                help="temperature of the scales alone (default: --temperature)",
+            )
         if name == "modes":
             c.add_argument("--max-modes", type=int, default=0, help="0: all")
     ik = sub.add_parser("ik", help="inverse kinematics: every joint configuration reaching each target")

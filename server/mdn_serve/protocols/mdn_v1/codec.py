@@ -43,7 +43,8 @@ def decode_targets(request: pb.SolveRequest, max_elements: int) -> tuple[NDArray
 
 def sample_ask(request: pb.SampleRequest) -> Ask:
     seed = request.seed if request.HasField("seed") else None
-    return Ask(sampling=SampleSpec(request.num_samples, seed, request.temperature))
+    scale = request.scale_temperature if request.HasField("scale_temperature") else None
+    return Ask(sampling=SampleSpec(request.num_samples, seed, request.temperature, scale))
 
 
 def modes_ask(request: pb.ModesRequest) -> Ask:

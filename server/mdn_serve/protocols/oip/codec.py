@@ -282,10 +282,12 @@ def plan(request: pb.ModelInferRequest, seed_state: NDArray[np.float32] | None =
         if seed is not None and not 0 <= seed < 2**64:
             raise InvalidInput(f"parameter 'seed' must be in 0..2^64-1, got {seed}")
         temperature = _param(params, "temperature", float)
+        scale_temperature = _param(params, "scale_temperature", float)
         sampling = SampleSpec(
             int(num) if num is not None else 1,
             int(seed) if seed is not None else None,
             float(temperature) if temperature is not None else 0.0,
+            float(scale_temperature) if scale_temperature is not None else None,
         )
     max_modes = None
     if "modes" in families:

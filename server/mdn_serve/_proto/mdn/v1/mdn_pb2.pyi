@@ -61,18 +61,20 @@ class PredictResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., weights: _Optional[_Union[Tensor, _Mapping]] = ..., means: _Optional[_Union[Tensor, _Mapping]] = ..., scales: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("model", "inputs", "num_samples", "seed", "temperature")
+    __slots__ = ("model", "inputs", "num_samples", "seed", "temperature", "scale_temperature")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     inputs: Tensor
     num_samples: int
     seed: int
     temperature: float
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
+    scale_temperature: float
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., scale_temperature: _Optional[float] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
     __slots__ = ("model", "samples")
