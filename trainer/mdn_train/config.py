@@ -139,7 +139,9 @@ def default_config(dataset: str) -> RunConfig:
             name="two_link_arm",
             data=DataConfig(dataset="two_link_arm", num_samples=60_000),
             model=ModelConfig(components=3, hidden=(128, 128, 128), activation="tanh", scale_floor=1e-4),
-            train=TrainConfig(epochs=500, batch_size=512, learning_rate=2e-3, patience=40),
+            # 800 epochs with patience 200: branch coverage 0.9998 and FK p95 0.0023 (500 and 40:
+            # 0.9887 and 0.0061, missing the p95 target), for 319 s of training instead of 189 s.
+            train=TrainConfig(epochs=800, batch_size=512, learning_rate=2e-3, patience=200),
         )
     if dataset == "three_link_arm":
         # Redundant: a continuum of joint configurations reaches each target, and the mixture

