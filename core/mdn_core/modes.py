@@ -15,9 +15,10 @@ How `mixture_modes` works, per row:
    which the density has no dip (checked at DIP_POINTS points on the segment joining them).
    Distinct local maxima always have a point lower than both on the segment between them (each
    is a maximum along that line too), so only points that a flat top left apart need it.
-4. Probes: points PROBE scales either side of each searched component's mean along every axis
-   climb too (a climb that enters a known mode's capture radius stops there; the others end at
-   new candidates, settled with the first modes as in 1-3). They find a mode whose basin holds no
+4. Probes: points PROBE scales either side of each searched component's mean along its
+   PROBE_AXES widest axes (every axis in one or two dimensions) climb too (a climb that enters a
+   known mode's capture radius stops there; the others end at new candidates, settled with the
+   first modes as in 1-3). They find a mode whose basin holds no
    mean. In one dimension FINDING_DRAWS more starts per component do the same.
    The climb: fixed-point steps x <- sum_k r_k mu_k / s_k^2 / sum_k r_k / s_k^2 (each raises p),
    at most CAP local scales long and halved back when they pass a crest, so that a climb stays
@@ -25,13 +26,13 @@ How `mixture_modes` works, per row:
 5. Mass, the probability of each mode's basin of attraction: in one dimension exactly (the
    mixture's CDF between the density's minima on either side of the mode, to 1.5e-7). In more, a
    component whose mean and probes all reach one mode gives that mode its whole weight; a
-   component that straddles a basin boundary is split by where STRADDLE_DRAWS fixed
-   quasi-random draws of it (mean + scale * z, the same z for every row: the answer is
-   deterministic) climb to. The error comes from straddling components, from components whose
-   probes missed a sliver beyond them, and from the climb's preconditioned direction, which is
-   not quite the density's gradient. Measured against grid-integrated basins on random 2-D
-   mixtures (tests/test_modes.py), two sets of 50: median error 0.0014 and 0.0022, 95th
-   percentile 0.017 and 0.021, worst 0.042 and 0.10.
+   component that straddles a basin boundary is split by where STRADDLE_DRAWS (from three
+   dimensions on WIDE_STRADDLE_DRAWS) fixed quasi-random draws of it (mean + scale * z, the same z
+   for every row: the answer is deterministic) climb to. The error comes from straddling
+   components, from components whose probes missed a sliver beyond them, and from the climb's
+   preconditioned direction, which is not quite the density's gradient. Measured against
+   grid-integrated basins on random 2-D mixtures (tests/test_modes.py), two sets of 50: median
+   error 0.0014 and 0.0022, 95th percentile 0.017 and 0.021, worst 0.042 and 0.10.
    min_mass applies to this probability; the masses returned sum to at most 1.
 
 Every step is vectorised over rows, starts and components; loops run over iterations and chunks.
@@ -51,7 +52,9 @@ FloatArray = NDArray[np.floating]
 
 DEFAULT_MIN_MASS = 1e-3
 PROBE = 2.0  # probes sit this many scales from a component's mean along each axis
+PROBE_AXES = 2  # ... along this many of its widest axes (all of them in one or two dimensions)
 STRADDLE_DRAWS = 64  # quasi-random draws of a component whose probes reach more than one mode
+WIDE_STRADDLE_DRAWS = 16  # ... from three output dimensions on, where each climb costs more
 FINDING_DRAWS = 16  # more starts per component in one dimension, where they are cheap
 MAX_DRAW_STEPS = 200  # climbing steps of a probe or draw at most
 CLIMB_TOL = 1e-4  # climbs from the means stop when a step is below this fraction of the finest scale
@@ -141,12 +144,18 @@ def mixture_modes(
     ends, _ = mix.climb(mix.means[mb, mk], row, CLIMB_TOL * mix.unit[row], max_iter)
     first = _settle(mix, ends, row, merge_tol)
 
-    # 2. Probes along each axis of each component (mean +- PROBE scales): they find modes whose basin
-    # holds no mean, and tell which components lie inside one basin.
+    # 2. Probes along the widest PROBE_AXES axes of each component (mean +- PROBE scales): they find
+    # modes whose basin holds no mean, and tell which components lie inside one basin.
     sigma = scales.astype(np.float64)
-    axes = np.concatenate([np.eye(dim), -np.eye(dim)]) * PROBE  # (2D, D)
-    probes = (mix.means[mb, mk][:, None, :] + sigma[mb, mk][:, None, :] * axes).reshape(-1, dim)
-    probe_rows = np.repeat(row, 2 * dim)
+    spread = sigma[mb, mk]  # (C, D)
+    count = min(dim, PROBE_AXES)
+    widest = np.argsort(spread, axis=1)[:, -count:]  # (C, count)
+    offsets = np.zeros((len(mb), 2 * count, dim))
+    index = np.arange(len(mb))[:, None]
+    offsets[index, np.arange(count)[None, :], widest] = PROBE * np.take_along_axis(spread, widest, axis=1)
+    offsets[index, count + np.arange(count)[None, :], widest] = -PROBE * np.take_along_axis(spread, widest, axis=1)
+    probes = (mix.means[mb, mk][:, None, :] + offsets).reshape(-1, dim)
+    probe_rows = np.repeat(row, 2 * count)
     second, probe_owner, moved = _extend(mix, first, probes, probe_rows, searched, max_iter, merge_tol)
     mean_owner = _follow(moved, first.owner)  # each searched component's mean, in `second`
 
@@ -161,18 +170,18 @@ def mixture_modes(
         final, _, _ = _extend(mix, second, finders, np.repeat(row, FINDING_DRAWS), searched, max_iter, merge_tol)
         mass = interval_masses(mix, w, scales, final.x[:, 0], final.row, final.is_mode)
     else:
-        grouped = probe_owner.reshape(-1, 2 * dim)
+        grouped = probe_owner.reshape(-1, 2 * count)
         inside = np.all(grouped == mean_owner[:, None], axis=1) & (mean_owner >= 0)
         split = np.flatnonzero(~inside)
-        z = basin_points(STRADDLE_DRAWS, dim)
-        centre, spread = mix.means[mb[split], mk[split]], sigma[mb[split], mk[split]]
-        draws = (centre[:, None, :] + spread[:, None, :] * z).reshape(-1, dim)
-        draw_rows = np.repeat(row[split], STRADDLE_DRAWS)
+        n = STRADDLE_DRAWS if dim <= 2 else WIDE_STRADDLE_DRAWS
+        z = basin_points(n, dim)
+        draws = (mix.means[mb[split], mk[split]][:, None, :] + spread[split][:, None, :] * z).reshape(-1, dim)
+        draw_rows = np.repeat(row[split], n)
         final, draw_owner, moved_again = _extend(mix, second, draws, draw_rows, searched, max_iter, merge_tol)
         mean_owner = _follow(moved_again, mean_owner)
         whole = np.flatnonzero(inside)
         owners = np.concatenate([mean_owner[whole], draw_owner])
-        parts = np.repeat(w[mb[split], mk[split]] / STRADDLE_DRAWS, STRADDLE_DRAWS)
+        parts = np.repeat(w[mb[split], mk[split]] / n, n)
         shares = np.concatenate([w[mb[whole], mk[whole]], parts])
         counted = owners >= 0
         mass = np.bincount(owners[counted], weights=shares[counted], minlength=len(final.x)).astype(np.float64)
@@ -233,6 +242,7 @@ def _extend(
         np.concatenate([known.x[modes], ends[free].astype(np.float64)]),
         np.concatenate([known.row[modes], rows[free]]),
         merge_tol,
+        known,
     )
     moved = np.full(len(known.x), -1, dtype=np.intp)
     moved[modes] = settled.owner[: len(modes)]
@@ -254,6 +264,7 @@ class _Settled:
     owner: NDArray[np.intp]  # (N,), per settled point
     batch: int
     radius: FloatArray  # (C,): how close a climb must come to a mode to be in its basin
+    curvature: FloatArray  # (C,): the sharpest curvature of log p at each candidate
 
     def table(self) -> tuple[NDArray[np.intp], FloatArray, FloatArray]:
         """(B, W) mode indices per row, -1 padded, the candidates' points and radii: for climb's capture."""
@@ -266,13 +277,27 @@ class _Settled:
         return table, self.x, self.radius
 
 
-def _settle(mix: MixtureSearch, ends: FloatArray, row: NDArray[np.intp], merge_tol: float) -> _Settled:
+def _settle(
+    mix: MixtureSearch, ends: FloatArray, row: NDArray[np.intp], merge_tol: float, known: _Settled | None = None
+) -> _Settled:
     """Group end points into candidates (grid cells), polish them, merge peaks that are one mode
     (closer than merge_tol, or closer than DIP_RANGE with no dip between), and say which mode
-    each end point belongs to: its candidate's, or the nearest one where that is not a mode."""
+    each end point belongs to: its candidate's, or the nearest one where that is not a mode.
+
+    With `known`, the first end points are its modes, in order, already polished: they are kept
+    as they are (each is the first point of its cell, so its cell's candidate).
+    """
     of_end, first = _candidates(ends, row, mix.unit)
     c_row = row[first]
-    c_x, c_log_p, c_peak, c_curv = mix.polish(ends[first], c_row)
+    modes = np.flatnonzero(known.is_mode) if known is not None else np.zeros(0, dtype=np.intp)
+    done = first < len(modes)
+    c_x, c_log_p = np.empty((len(first), ends.shape[1])), np.empty(len(first))
+    c_peak, c_curv = np.ones(len(first), dtype=bool), np.empty(len(first))
+    if known is not None:
+        source = modes[first[done]]
+        c_x[done], c_log_p[done], c_curv[done] = known.x[source], known.log_p[source], known.curvature[source]
+    rest = ~done
+    c_x[rest], c_log_p[rest], c_peak[rest], c_curv[rest] = mix.polish(ends[first[rest]], c_row[rest])
     order = np.lexsort((-c_log_p, c_row))
     c_x, c_log_p, c_peak, c_row, c_curv = c_x[order], c_log_p[order], c_peak[order], c_row[order], c_curv[order]
     rank = np.empty_like(order)
@@ -301,7 +326,7 @@ def _settle(mix: MixtureSearch, ends: FloatArray, row: NDArray[np.intp], merge_t
     apart = 0.45 * np.sqrt(_sum_last((c_x[i] - c_x[j]) ** 2)) if len(i) else np.zeros(0)
     np.minimum.at(radius, i, apart)
     np.minimum.at(radius, j, apart)
-    return _Settled(c_x, c_log_p, c_row, is_mode, owner, len(mix.unit), radius)
+    return _Settled(c_x, c_log_p, c_row, is_mode, owner, len(mix.unit), radius, c_curv)
 
 
 def _pairs_within_rows(rows: NDArray[np.intp]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
