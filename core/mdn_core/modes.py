@@ -52,6 +52,7 @@ FloatArray = NDArray[np.floating]
 
 DEFAULT_MIN_MASS = 1e-3
 PROBE = 2.0  # probes sit this many scales from a component's mean along each axis
+ISOLATION = 10.0  # components this far apart (in the sum of their scales) are not probed
 PROBE_AXES = 2  # ... along this many of its widest axes (all of them in one or two dimensions)
 STRADDLE_DRAWS = 64  # quasi-random draws of a component whose probes reach more than one mode
 WIDE_STRADDLE_DRAWS = 16  # ... from three output dimensions on, where each climb costs more
@@ -146,16 +147,21 @@ def mixture_modes(
 
     # 2. Probes along the widest PROBE_AXES axes of each component (mean +- PROBE scales): they find
     # modes whose basin holds no mean, and tell which components lie inside one basin.
+    # A component ISOLATION scales (its own plus the other's) from every other one, in some
+    # dimension, lies in one basin and hides no other mode: it is not probed.
     sigma = scales.astype(np.float64)
     spread = sigma[mb, mk]  # (C, D)
+    lonely = _isolated(mix.means, sigma, searched)[mb, mk]
+    probed = np.flatnonzero(~lonely)
     count = min(dim, PROBE_AXES)
-    widest = np.argsort(spread, axis=1)[:, -count:]  # (C, count)
-    offsets = np.zeros((len(mb), 2 * count, dim))
-    index = np.arange(len(mb))[:, None]
-    offsets[index, np.arange(count)[None, :], widest] = PROBE * np.take_along_axis(spread, widest, axis=1)
-    offsets[index, count + np.arange(count)[None, :], widest] = -PROBE * np.take_along_axis(spread, widest, axis=1)
-    probes = (mix.means[mb, mk][:, None, :] + offsets).reshape(-1, dim)
-    probe_rows = np.repeat(row, 2 * count)
+    widest = np.argsort(spread[probed], axis=1)[:, -count:]  # (P, count)
+    offsets = np.zeros((len(probed), 2 * count, dim))
+    index = np.arange(len(probed))[:, None]
+    reach = PROBE * np.take_along_axis(spread[probed], widest, axis=1)
+    offsets[index, np.arange(count)[None, :], widest] = reach
+    offsets[index, count + np.arange(count)[None, :], widest] = -reach
+    probes = (mix.means[mb[probed], mk[probed]][:, None, :] + offsets).reshape(-1, dim)
+    probe_rows = np.repeat(row[probed], 2 * count)
     second, probe_owner, moved = _extend(mix, first, probes, probe_rows, searched, max_iter, merge_tol)
     mean_owner = _follow(moved, first.owner)  # each searched component's mean, in `second`
 
@@ -171,7 +177,8 @@ def mixture_modes(
         mass = interval_masses(mix, w, scales, final.x[:, 0], final.row, final.is_mode)
     else:
         grouped = probe_owner.reshape(-1, 2 * count)
-        inside = np.all(grouped == mean_owner[:, None], axis=1) & (mean_owner >= 0)
+        inside = mean_owner >= 0
+        inside[probed] &= np.all(grouped == mean_owner[probed, None], axis=1)
         split = np.flatnonzero(~inside)
         n = STRADDLE_DRAWS if dim <= 2 else WIDE_STRADDLE_DRAWS
         z = basin_points(n, dim)
@@ -203,6 +210,16 @@ def mixture_modes(
     out_mass = np.full((batch, width), np.nan, np.float32)
     out_modes[kr, slot], out_dens[kr, slot], out_mass[kr, slot] = final.x[idx], final.log_p[idx], mass[idx]
     return Modes(out_modes, out_dens, out_mass, num_modes)
+
+
+def _isolated(means: FloatArray, sigma: FloatArray, searched: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """(B, K): components separated from every other searched one of their row by more than ISOLATION
+    times the sum of their scales, in at least one dimension."""
+    gap = np.abs(means[:, :, None, :] - means[:, None, :, :]) / (sigma[:, :, None, :] + sigma[:, None, :, :])
+    apart = np.max(gap, axis=-1) > ISOLATION  # (B, K, K)
+    apart |= ~searched[:, None, :] | np.eye(means.shape[1], dtype=bool)[None]
+    out: NDArray[np.bool_] = np.all(apart, axis=-1)
+    return out
 
 
 def _follow(moved: NDArray[np.intp], owner: NDArray[np.intp]) -> NDArray[np.intp]:
