@@ -151,7 +151,8 @@ def mixture_modes(
     # dimension, lies in one basin and hides no other mode: it is not probed.
     sigma = scales.astype(np.float64)
     spread = sigma[mb, mk]  # (C, D)
-    lonely = _isolated(mix.means, sigma, searched)[mb, mk]
+    # Nor is one lighter than min_mass: its whole weight, wherever it goes, is below what counts.
+    lonely = _isolated(mix.means, sigma, searched)[mb, mk] | (w[mb, mk] < min_mass)
     probed = np.flatnonzero(~lonely)
     count = min(dim, PROBE_AXES)
     widest = np.argsort(spread[probed], axis=1)[:, -count:]  # (P, count)
@@ -254,6 +255,9 @@ def _extend(
     )  # fmt: skip
     free = caught < 0
     modes = np.flatnonzero(known.is_mode)
+    if not free.any():  # every climb reached a known mode: nothing new to settle
+        moved = np.where(known.is_mode, np.arange(len(known.x)), -1)
+        return known, moved[caught], moved
     settled = _settle(
         mix,
         np.concatenate([known.x[modes], ends[free].astype(np.float64)]),
