@@ -236,3 +236,26 @@ def test_ik_outputs_over_the_open_inference_protocol(server, raw):
     assert outputs["ik_status"].datatype == "BYTES" and outputs["ik_num_solutions"].datatype == "INT32"
     assert counts == expected.num_solutions and status == expected.status
     np.testing.assert_allclose(solutions, expected.solutions, atol=1e-6)
+
+
+def test_ik_seeds_have_their_own_budget(trained):
+    from tests.conftest import serve_in_process
+
+    # The two-link arm has 3 components and no default draws: 3 seeds per target.
+    running = serve_in_process("--model-repository", str(trained["models"]), "--max-ik-seeds", "99")
+    try:
+        targets = np.tile([[0.6, 0.6]], (33, 1)).astype(np.float32)
+        with MdnClient(running.target) as client:
+            assert list(client.solve("two_link_arm", targets).num_solutions) == [2] * 33
+            with pytest.raises(grpc.RpcError) as caught:
+                client.solve("two_link_arm", np.vstack([targets, targets[:1]]))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (
+                "34 targets x up to 3 seeds" in caught.value.details()
+                and "limit of 99 IK seeds" in caught.value.details()
+            )
+            with pytest.raises(grpc.RpcError) as drawn:  # one target, a million draws: refused before any work
+                client.solve("two_link_arm", targets[:1], num_samples=1_000_000)
+            assert "1000003 is over this server's limit" in drawn.value.details()
+    finally:
+        running.stop()

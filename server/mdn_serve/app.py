@@ -48,7 +48,9 @@ class MdnServer:
             max_queue_size=settings.max_queue_size,
             max_concurrent_batches=threads,
         )
-        self.dataplane = Dataplane(self.metrics, Limits(settings.max_rows, settings.max_samples), threads, batching)
+        self.dataplane = Dataplane(
+            self.metrics, Limits(settings.max_rows, settings.max_samples, settings.max_ik_seeds), threads, batching
+        )
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None

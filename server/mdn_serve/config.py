@@ -34,6 +34,9 @@ class Settings:
     compute_threads: int = 0  # threads running big batches; 0: one per CPU this process may use, at most 2
     max_rows: int = 8192  # rows (B) per request
     max_samples: int = 1_000_000  # B x num_samples per Sample request
+    # targets x seeds per Solve (or IK outputs): each seed is refined, far costlier than a sample.
+    # The default takes 4096 Panda poses at the default seeds (16 components + 32 draws) in one request.
+    max_ik_seeds: int = 262_144
     max_message_bytes: int = 64 * 1024 * 1024
     max_batch_rows: int = 8192  # rows per merged ONNX Runtime call
     max_queue_delay_ms: float = 0.0  # 0: batch what is already queued, never wait for more
@@ -99,6 +102,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--compute-threads", int, "threads running big batches off the event loop; 0: one per CPU, at most 2")
     add("--max-rows", int, "largest batch (rows) per request")
     add("--max-samples", int, "largest rows x num_samples per Sample request")
+    add("--max-ik-seeds", int, "largest targets x seeds (mixture components, draws, seed_state) per IK request")
     add("--max-message-bytes", int, "largest gRPC message, in and out")
     add("--max-batch-rows", int, "most rows dynamic batching merges into one ONNX Runtime call")
     add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0: send what has arrived")
@@ -129,6 +133,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         "workers",
         "max_rows",
         "max_samples",
+        "max_ik_seeds",
         "max_message_bytes",
         "max_batch_rows",
         "max_queue_size",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from mdn_core.chain import TARGET_NAMES, target_features
+from mdn_core.ik import default_draws
 from numpy.typing import NDArray
 
 from mdn_serve.errors import InvalidInput, LimitExceeded, ModelNotFound, Unavailable
@@ -31,6 +32,7 @@ QUATERNION_NORM_SLACK = 1e-3
 class Limits:
     max_rows: int = 8192
     max_samples: int = 1_000_000
+    max_ik_seeds: int = 262_144
 
 
 class Dataplane:
@@ -170,6 +172,15 @@ class Dataplane:
             raise LimitExceeded(
                 f"{rows} targets x {spec.num_samples} samples is over this server's limit of "
                 f"{self.limits.max_samples} samples per request; ask for fewer"
+            )
+        # Every seed is refined: the mixture's modes (at most one per component), the draws, the seed state.
+        draws = spec.num_samples or default_draws(chain)
+        seeds = rows * (runtime.metadata.components + draws + (spec.seed_state is not None))
+        if seeds > self.limits.max_ik_seeds:
+            raise LimitExceeded(
+                f"{rows} targets x up to {seeds // rows} seeds ({runtime.metadata.components} components, {draws} "
+                f"draws{', the seed state' if spec.seed_state is not None else ''}) = {seeds} is over this server's "
+                f"limit of {self.limits.max_ik_seeds} IK seeds per request; split the targets or ask for fewer draws"
             )
         state = spec.seed_state
         if state is not None:
