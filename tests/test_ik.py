@@ -259,3 +259,42 @@ def test_ik_seeds_have_their_own_budget(trained):
             assert "1000003 is over this server's limit" in drawn.value.details()
     finally:
         running.stop()
+
+
+def test_solve_works_in_chunks_that_give_the_same_answer_and_can_be_stopped(monkeypatch):
+    import mdn_core.ik as ik
+    from mdn_core.ik import Interrupted
+    from mdn_serve.errors import DeadlineExpired
+    from mdn_serve.serving.pipeline import Ask, IkSpec, postprocess
+
+    rng = np.random.default_rng(7)
+    angles = np.stack([rng.uniform(0.4, 1.1, 60), rng.uniform(0.6, 1.3, 60) * rng.choice([-1, 1], 60)], 1)
+    targets = ARM.forward(angles)
+    branches, _ = ARM.two_link_ik(targets)
+    mixture = mixture_around(branches + 0.02, np.array([0.4, 0.6]))
+    whole = solve(ARM.chain, targets, *mixture)
+    monkeypatch.setattr(ik, "CHUNK_SEEDS", 12)  # 3 seeds per target here: chunks of 4 targets
+    chunked = solve(ARM.chain, targets, *mixture)
+    assert chunked.status == whole.status and chunked.num_solutions.tolist() == whole.num_solutions.tolist()
+    for name in ("solutions", "position_error", "score", "within_limits", "iterations"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    calls: list[int] = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return True
+
+    with pytest.raises(Interrupted, match="after 4 of 60 targets"):
+        solve(ARM.chain, targets, *mixture, should_stop=stop)
+    assert len(calls) == 1  # asked once, before the second chunk: the first chunk always runs
+
+    # In the pipeline: a request whose caller stopped waiting gets DeadlineExpired, the others their answer.
+    from mdn_core.model import Mixture
+
+    mix = Mixture(*(np.concatenate([a, a]).astype(np.float32) for a in mixture))
+    x = np.concatenate([targets, targets]).astype(np.float32)
+    asks = [Ask(ik=IkSpec()), Ask(ik=IkSpec())]
+    out = postprocess(asks, [0, 60, 120], x, mix, ARM.chain, [lambda: True, lambda: False])
+    first = out[0]
+    assert isinstance(out[1], DeadlineExpired) and not isinstance(first, BaseException)
+    assert first.solutions is not None and first.solutions.num_solutions.tolist() == whole.num_solutions.tolist()

@@ -12,7 +12,7 @@ Everything is vectorised over targets and seeds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from mdn_core.chain import TWO_PI, SerialChain, quaternion_matrix, rotation_log, task_of
 from mdn_core.mixture import sample_mixture
 from mdn_core.modes import Modes, mixture_modes
+from mdn_core.solutions import Solutions, concatenate
 
 FloatArray = NDArray[np.floating]
 
@@ -33,34 +34,9 @@ MAX_ITERATIONS = 40
 MIN_DAMPING = 1e-6
 STALL_WINDOW = 5  # steps between checks that a seed still makes progress
 STALL_RATIO = 0.3  # ... by cutting its squared error to under this fraction
+CHUNK_SEEDS = 16_384  # seeds per chunk of targets (see solve)
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
-
-
-@dataclass(frozen=True)
-class Solutions:
-    """Ranked IK solutions per target, NaN-padded to the widest row.
-
-    solutions (B, M, J), position_error (B, M), orientation_error (B, M) (NaN for targets without
-    orientation), within_limits (B, M), score (B, M) (the mixture mass behind each solution),
-    num_solutions (B,), status (B,): "ok" or why a target has no solution; iterations (B, M): the
-    refinement steps each solution took.
-    """
-
-    solutions: NDArray[np.float32]
-    position_error: NDArray[np.float32]
-    orientation_error: NDArray[np.float32]
-    within_limits: NDArray[np.bool_]
-    score: NDArray[np.float32]
-    num_solutions: NDArray[np.int32]
-    status: list[str]
-    iterations: NDArray[np.int32]
-
-    def within_limits_padded(self) -> NDArray[np.float32]:
-        """within_limits as 1/0 with NaN where a row has no solution (how both protocols send it)."""
-        shown = ~np.isnan(self.position_error)
-        out: NDArray[np.float32] = np.where(shown, self.within_limits, np.nan).astype(np.float32)
-        return out
 
 
 def default_draws(chain: SerialChain) -> int:
@@ -208,6 +184,10 @@ def joint_distance(chain: SerialChain, a: FloatArray, b: FloatArray) -> NDArray[
     return out
 
 
+class Interrupted(Exception):
+    """solve stopped between chunks because its caller's should_stop said so."""
+
+
 def solve(
     chain: SerialChain,
     targets: FloatArray,
@@ -222,20 +202,58 @@ def solve(
     modes: Modes | None = None,
     orientation_tolerance: float = 0.0,
     seed_state: FloatArray | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Solutions:
     """Every distinct solution for each target, seeded from the mixture, optionally refined.
 
     targets (B, chain.target_width); modes: the mixture's modes when already searched for (or any
     seeds with their mass); 0 for tolerance or orientation_tolerance, and None for num_samples,
     mean the chain's default; seed_state (B, J) or (1, J): one more seed per target, and the
-    reference for turns and ranking.
+    reference for turns and ranking. The targets are worked through in chunks of about
+    CHUNK_SEEDS seeds; before each chunk after the first, should_stop() may end the work
+    (Interrupted), so a caller that has gone away frees the thread within one chunk.
     """
+    if modes is None:
+        modes = mixture_modes(weights, means, scales)
+    draws = default_draws(chain) if num_samples is None else num_samples
+    per_target = int(modes.modes.shape[1]) + draws + 1
+    step = max(1, CHUNK_SEEDS // per_target)
+    state = None if seed_state is None else np.asarray(seed_state, dtype=np.float64)
+    parts = []
+    for start in range(0, len(targets), step):
+        if start and should_stop is not None and should_stop():
+            raise Interrupted(f"stopped after {start} of {len(targets)} targets")
+        stop = start + step
+        rows_state = state if state is None or len(state) == 1 else state[start:stop]
+        parts.append(
+            _solve(
+                chain, targets[start:stop], weights[start:stop], means[start:stop], scales[start:stop],
+                max_solutions, refine_solutions, tolerance, draws,
+                None if seed is None else seed + start, modes.take(start, stop), orientation_tolerance, rows_state,
+            )
+        )  # fmt: skip
+    return parts[0] if len(parts) == 1 else concatenate(parts)
+
+
+def _solve(
+    chain: SerialChain,
+    targets: FloatArray,
+    weights: FloatArray,
+    means: FloatArray,
+    scales: FloatArray,
+    max_solutions: int,
+    refine_solutions: bool,
+    tolerance: float,
+    draws: int,
+    seed: int | None,
+    modes: Modes,
+    orientation_tolerance: float,
+    seed_state: FloatArray | None,
+) -> Solutions:
+    """solve for one chunk of targets."""
     batch = len(targets)
     tol = tolerance or DEFAULT_TOLERANCE[chain.target]
     rot_tol = orientation_tolerance or DEFAULT_ORIENTATION_TOLERANCE
-    draws = default_draws(chain) if num_samples is None else num_samples
-    if modes is None:
-        modes = mixture_modes(weights, means, scales)
     seeds = np.nan_to_num(modes.modes.astype(np.float64), nan=0.0)  # (B, M, J)
     score = np.nan_to_num(modes.mass.astype(np.float64), nan=0.0)
     valid = np.arange(seeds.shape[1])[None, :] < modes.num_modes[:, None]

@@ -14,10 +14,11 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from mdn_core.chain import SerialChain, target_features
-from mdn_core.ik import Solutions, solve
+from mdn_core.ik import solve
 from mdn_core.kinematics import PlanarArm
 from mdn_core.mixture import log_density
 from mdn_core.modes import mixture_modes
+from mdn_core.solutions import Solutions
 from numpy.typing import NDArray
 
 from mdn_train.data import Dataset

@@ -11,12 +11,12 @@ from mdn_core.chain import SerialChain, pose_targets, target_features
 from mdn_core.ik import (
     DEFAULT_ORIENTATION_TOLERANCE,
     DEFAULT_TOLERANCE,
-    Solutions,
     default_draws,
     joint_distance,
     solve,
 )
 from mdn_core.modes import Modes, mixture_modes
+from mdn_core.solutions import Solutions
 from numpy.typing import NDArray
 
 from mdn_train.data import Dataset

@@ -23,6 +23,7 @@ import collections
 import functools
 import itertools
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -74,7 +75,9 @@ class DynamicBatcher:
         self.config = config
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
-        self._computing: set[asyncio.Future[list[Outputs]]] = set()  # batches on the compute threads
+        self._computing: set[asyncio.Future[Sequence[Outputs | BaseException]]] = (
+            set()
+        )  # batches on the compute threads
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._queued_when_armed = 0  # queue length when the delay timer was set
@@ -163,22 +166,22 @@ class DynamicBatcher:
                 # Mixture parameters for a few rows: microseconds of ONNX Runtime and no mixture
                 # math, so a thread hand-off would cost more than the work.
                 try:
-                    self._deliver(batch, self._compute(batch, x, plain), None)
+                    _deliver(batch, self._compute(batch, x, plain), None)
                 except Exception as exc:
-                    self._deliver(batch, None, exc)
+                    _deliver(batch, None, exc)
                 continue
             running = loop.run_in_executor(self.executor, self._compute, batch, x, plain)
             self._computing.add(running)
             running.add_done_callback(functools.partial(self._computed, batch))
 
-    def _computed(self, batch: list[_Request], running: asyncio.Future[list[Outputs]]) -> None:
+    def _computed(self, batch: list[_Request], running: asyncio.Future[Sequence[Outputs | BaseException]]) -> None:
         self._computing.discard(running)
         if running.cancelled():
-            self._deliver(batch, None, Unavailable("the model version was unloaded while computing; retry"))
+            _deliver(batch, None, Unavailable("the model version was unloaded while computing; retry"))
         elif (error := running.exception()) is not None:
-            self._deliver(batch, None, error)
+            _deliver(batch, None, error)
         else:
-            self._deliver(batch, running.result(), None)
+            _deliver(batch, running.result(), None)
         self._schedule(asyncio.get_running_loop())
 
     async def retire(self) -> None:
@@ -225,18 +228,7 @@ class DynamicBatcher:
         self._depth.set(len(self._queue))
         return batch
 
-    @staticmethod
-    def _deliver(batch: list[_Request], results: list[Outputs] | None, error: BaseException | None) -> None:
-        for i, request in enumerate(batch):
-            if request.future.done():
-                continue
-            if results is not None:
-                request.future.set_result(results[i])
-            else:
-                assert error is not None
-                request.future.set_exception(error)
-
-    def _compute(self, batch: list[_Request], x: NDArray[np.float32], plain: bool) -> list[Outputs]:
+    def _compute(self, batch: list[_Request], x: NDArray[np.float32], plain: bool) -> Sequence[Outputs | BaseException]:
         """One ONNX Runtime call for x (the batch's inputs stacked), then the pipeline's post-processing.
 
         plain: no request asks for more than the mixture parameters.
@@ -253,9 +245,35 @@ class DynamicBatcher:
         if plain:
             return split_plain(mix, bounds)
         done = time.perf_counter()
-        out = postprocess([r.ask for r in batch], bounds, x, mix, self.runtime.metadata.chain)
+        wanted = [functools.partial(_waiting, r) for r in batch]
+        out = postprocess([r.ask for r in batch], bounds, x, mix, self.runtime.metadata.chain, wanted)
         self._postprocess_seconds.observe(time.perf_counter() - done)
         return out
+
+
+def _deliver(
+    batch: list[_Request], results: Sequence[Outputs | BaseException] | None, error: BaseException | None
+) -> None:
+    for i, request in enumerate(batch):
+        if request.future.done():
+            continue
+        if results is not None:
+            result = results[i]
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+        else:
+            assert error is not None
+            request.future.set_exception(error)
+
+
+def _waiting(request: _Request) -> bool:
+    """Whether a request's caller still waits: not cancelled, deadline not passed (from a compute thread:
+    reading a future's state is a plain attribute read)."""
+    if request.future.done():
+        return False
+    return request.deadline is None or time.monotonic() < request.deadline
 
 
 def _finite(batch: list[_Request]) -> tuple[list[_Request], NDArray[np.float32]]:

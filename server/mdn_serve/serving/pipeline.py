@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from mdn_core.chain import SerialChain
-from mdn_core.ik import DEFAULT_REFINE, Solutions, solve
+from mdn_core.ik import DEFAULT_REFINE, Interrupted, solve
 from mdn_core.mixture import sample_draws, samples_from_draws
 from mdn_core.model import Mixture
 from mdn_core.modes import Modes, mixture_modes
+from mdn_core.solutions import Solutions
 from numpy.typing import NDArray
+
+from mdn_serve.errors import DeadlineExpired
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +89,23 @@ def split_plain(mix: Mixture, bounds: Sequence[int]) -> list[Outputs]:
 
 
 def postprocess(
-    asks: Sequence[Ask], bounds: Sequence[int], x: NDArray[np.float32], mix: Mixture, chain: SerialChain | None
-) -> list[Outputs]:
+    asks: Sequence[Ask],
+    bounds: Sequence[int],
+    x: NDArray[np.float32],
+    mix: Mixture,
+    chain: SerialChain | None,
+    wanted: Sequence[Callable[[], bool]] | None = None,
+) -> list[Outputs | BaseException]:
     """Samples, modes and IK solutions for every request of a batch, split per request.
 
-    asks[i] covers rows bounds[i]:bounds[i + 1] of x (the stacked inputs) and of mix.
+    asks[i] covers rows bounds[i]:bounds[i + 1] of x (the stacked inputs) and of mix. wanted[i]()
+    says whether request i's caller still waits (not cancelled, deadline not passed): IK, the
+    longest stage, checks it between chunks of targets and gives up on a request nobody waits
+    for, which then gets a DeadlineExpired instead of its outputs.
     """
     samples = _samples(asks, bounds, mix)
     modes = _modes(asks, bounds, mix)
-    out = []
+    out: list[Outputs | BaseException] = []
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         ask, found = asks[i], modes.get(i)
         solutions = None
@@ -102,15 +113,24 @@ def postprocess(
             assert chain is not None and found is not None  # the dataplane admits IK for arm models only
             spec, part = ask.ik, mix.rows(a, b)
             targets = x[a:b] if spec.targets is None else spec.targets
-            solutions = solve(
-                chain, targets, *part, spec.max_solutions, spec.refine, spec.tolerance, spec.num_samples or None,
-                spec.seed, found, spec.orientation_tolerance, spec.seed_state,
-            )  # fmt: skip
+            stop = None if wanted is None else _negate(wanted[i])
+            try:
+                solutions = solve(
+                    chain, targets, *part, spec.max_solutions, spec.refine, spec.tolerance, spec.num_samples or None,
+                    spec.seed, found, spec.orientation_tolerance, spec.seed_state, stop,
+                )  # fmt: skip
+            except Interrupted as stopped:
+                out.append(DeadlineExpired(f"the caller stopped waiting while its targets were solved ({stopped})"))
+                continue
         shown = None
         if ask.max_modes is not None and found is not None:
             shown = found.take(0, b - a, ask.max_modes) if ask.max_modes else found
         out.append(Outputs(mix.rows(a, b), samples.get(i), shown, solutions))
     return out
+
+
+def _negate(check: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: not check()
 
 
 def _samples(asks: Sequence[Ask], bounds: Sequence[int], mix: Mixture) -> dict[int, NDArray[np.float32]]:
