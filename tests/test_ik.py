@@ -298,3 +298,35 @@ def test_solve_works_in_chunks_that_give_the_same_answer_and_can_be_stopped(monk
     first = out[0]
     assert isinstance(out[1], DeadlineExpired) and not isinstance(first, BaseException)
     assert first.solutions is not None and first.solutions.num_solutions.tolist() == whole.num_solutions.tolist()
+
+
+def test_a_solve_whose_deadline_passed_stops_and_frees_the_compute_thread(trained):
+    import time
+
+    from tests.conftest import serve_in_process
+
+    running = serve_in_process(
+        "--model-repository",
+        str(trained["models"]),
+        "--compute-threads",
+        "1",
+        "--max-ik-seeds",
+        "20000000",
+        "--max-samples",
+        "20000000",
+    )
+    try:
+        targets = np.tile([[0.6, 0.6]], (8192, 1)).astype(np.float32)
+        with MdnClient(running.target) as client:
+            client.timeout = 0.3
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as caught:  # about 8 million seeds: many seconds of work
+                client.solve("two_link_arm", targets, num_samples=1000)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            client.timeout = 30.0
+            client.predict("two_link_arm", targets[:1])  # waits for the one compute thread
+            waited = time.monotonic() - start
+        # Unstopped, the solve would hold the thread for the whole of its work (8 s and more here).
+        assert waited < 3.0, waited
+    finally:
+        running.stop()
