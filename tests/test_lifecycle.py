@@ -178,6 +178,7 @@ def test_health_is_not_serving_while_models_load(trained, monkeypatch):
 
     monkeypatch.setattr(repository_module.ModelRepository, "load", slow_load)
     statuses = []
+    labels: set[str] = set()
 
     async def scenario(server, started):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -187,6 +188,16 @@ def test_health_is_not_serving_while_models_load(trained, monkeypatch):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await pb_grpc.MixtureDensityServiceStub(channel).Predict(REQUEST, timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "still loading" in info.value.details()
+            for name in ("made_up_1", "made_up_2"):  # names nobody knows yet: no label of their own
+                with pytest.raises(grpc.aio.AioRpcError):
+                    request = pb.PredictRequest(model=pb.ModelRef(name=name), inputs=REQUEST.inputs)
+                    await pb_grpc.MixtureDensityServiceStub(channel).Predict(request, timeout=5)
+            labels.update(
+                s.labels["model"]
+                for family in server.metrics.registry.collect()
+                if family.name == "mdn_requests"
+                for s in family.samples
+            )
             release.set()
             await started
             statuses.append((await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status)
@@ -196,6 +207,7 @@ def test_health_is_not_serving_while_models_load(trained, monkeypatch):
     run_in_process(Settings(model_repository=trained["models"], port=0, metrics_port=-1), scenario)
     s = health_pb2.HealthCheckResponse
     assert statuses == [s.NOT_SERVING, s.SERVING, s.NOT_SERVING]
+    assert labels == {"unknown"}  # the model label stays bounded while the repository loads
 
 
 def test_an_unexpected_failure_is_internal_with_a_generic_message(trained, monkeypatch, caplog):

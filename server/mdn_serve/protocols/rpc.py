@@ -108,8 +108,8 @@ def handler(method: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Re
             dataplane, protocol = self.dataplane, self.protocol
             metrics = dataplane.metrics
             model = self.model_of(request) or "-"
-            if model != "-" and dataplane.ready and model not in dataplane.models().models:
-                model = "unknown"  # keep label cardinality bounded whatever clients send
+            if model != "-" and (dataplane.repository is None or model not in dataplane.repository.models):
+                model = "unknown"  # keep label cardinality bounded whatever clients send, also while loading
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             in_flight = metrics.incrementer(metrics.in_flight, protocol, method)
