@@ -168,3 +168,41 @@ def test_a_malformed_kinematics_block_refuses_the_file_at_load_and_at_reload(tra
         assert "kinematics.joint_limits" in running.log()
     finally:
         running.stop()
+
+
+def fails_when_run(source: Path, target: Path) -> None:
+    """A copy of source whose graph loads (the contract holds) but fails at run time for batch sizes
+    whose 2 x B values do not reshape into rows of 3: x goes through Reshape [-1, 3], then back."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    x = graph.input[0].name
+    for node in graph.node:
+        node.input[:] = ["x_roundtrip" if name == x else name for name in node.input]
+    shapes = [
+        onnx.helper.make_tensor("rows_of_3", onnx.TensorProto.INT64, [2], [-1, 3]),
+        onnx.helper.make_tensor("rows_of_2", onnx.TensorProto.INT64, [2], [-1, 2]),
+    ]
+    graph.initializer.extend(shapes)
+    graph.node.insert(0, onnx.helper.make_node("Reshape", [x, "rows_of_3"], ["x_by_3"]))
+    graph.node.insert(1, onnx.helper.make_node("Reshape", ["x_by_3", "rows_of_2"], ["x_roundtrip"]))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+
+
+def test_a_file_that_fails_only_when_run_is_refused_and_the_rest_of_the_reload_serves(trained, tmp_path):
+    source = trained["models"] / ARM / "1" / "model.onnx"
+    repo = tmp_path / "repo"
+    shutil.copytree(trained["models"] / ARM, repo / ARM)
+    running = serve_in_process("--model-repository", str(repo))
+    try:
+        fails_when_run(source, repo / ARM / "2" / "model.onnx")
+        shutil.copytree(trained["models"] / "inverse_sine", repo / "inverse_sine")  # valid and new
+        asyncio.run_coroutine_threadsafe(running.server.reload(), running.loop).result(60)
+        with MdnClient(running.target) as client:
+            assert client.get_model(ARM).versions == ["1"]
+            assert client.predict("inverse_sine", [[0.5]]).version == "1"  # the same reload's good file
+        failures = scrape(running)["mdn_model_load_failures"]
+        assert sample_value(failures, "mdn_model_load_failures_total", model=ARM, version="2") == 1
+        assert "ONNX Runtime cannot run it" in running.log()
+    finally:
+        running.stop()

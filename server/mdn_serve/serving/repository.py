@@ -98,6 +98,8 @@ class ModelRuntime:
             self.model.warm_up()
         except ContractError as exc:
             raise ModelLoadError(f"{self.path}: {exc}") from None
+        except Exception as exc:  # ONNX Runtime's own errors: the file loads but cannot run
+            raise ModelLoadError(f"{self.path}: running it failed: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass
