@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import shutil
+from pathlib import Path
 
 import grpc
 import numpy as np
