@@ -110,6 +110,13 @@ def test_bearer_token_is_required_except_for_health_and_never_logged(trained, tm
             with pytest.raises(grpc.RpcError) as info:
                 next(iter(stream))
             assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # reflection is off
+            # Without the token a made-up method is refused like a real one: nothing to enumerate.
+            made_up = channel.unary_unary("/mdn.v1.MixtureDensityService/NoSuchMethod")
+            with pytest.raises(grpc.RpcError) as unknown:
+                made_up(b"", timeout=5)
+            assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        refusals = proc.server.metrics.registry.get_sample_value("mdn_unauthenticated_requests_total")
+        assert refusals == 5  # four refused clients and the made-up method
         out = tmp_path / "load.json"
         assert loadtest.main(["--target", proc.target, "--duration", "0.3", "--warmup", "0", "--quiet",
                               "--token-file", pki["token"], "--json", str(out)]) == 0  # fmt: skip

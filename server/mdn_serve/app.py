@@ -56,9 +56,10 @@ class MdnServer:
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
         size = settings.max_message_bytes
-        interceptors = (
-            [BearerTokenInterceptor(read_token(settings.auth_token_file))] if settings.auth_token_file else []
-        )
+        interceptors = []
+        if settings.auth_token_file:
+            refused = self.metrics.unauthenticated.inc
+            interceptors.append(BearerTokenInterceptor(read_token(settings.auth_token_file), refused))
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", size),

@@ -123,6 +123,11 @@ class Metrics:
             ["model", "version"], registry=r,
         )  # fmt: skip
         self.reloads = Counter("mdn_repository_reloads", "Repository reloads (SIGHUP or poll).", registry=r)
+        self.unauthenticated = Counter(
+            "mdn_unauthenticated_requests",
+            "Calls refused for a missing or wrong bearer token (any method).",
+            registry=r,
+        )
         self.model_info = Gauge(
             "mdn_model_info", "1 for each loaded model version, labelled with the execution provider.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",

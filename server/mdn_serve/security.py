@@ -43,11 +43,14 @@ def read_token(path: str) -> bytes:
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Lets a call through only with `authorization: Bearer <token>`; health stays open.
 
-    The comparison takes the same time whatever the token sent; the token is never logged.
+    The comparison takes the same time whatever the token sent; the token is never logged. A call
+    without the token is UNAUTHENTICATED whatever method it names, real or not (so the methods
+    cannot be enumerated without it), and on_refused() counts it.
     """
 
-    def __init__(self, token: bytes) -> None:
+    def __init__(self, token: bytes, on_refused: Callable[[], None] | None = None) -> None:
         self._expected = b"Bearer " + token
+        self._on_refused = on_refused
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
@@ -72,6 +75,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 sent = value.encode() if isinstance(value, str) else value
                 break
         handler = await continuation(details)
-        if hmac.compare_digest(sent, self._expected) or handler is None:
+        if hmac.compare_digest(sent, self._expected):
             return handler
-        return self._refuse_stream if handler.request_streaming or handler.response_streaming else self._refuse_unary
+        if self._on_refused is not None:
+            self._on_refused()
+        if handler is not None and (handler.request_streaming or handler.response_streaming):
+            return self._refuse_stream
+        return self._refuse_unary
