@@ -140,3 +140,36 @@ def test_inconsistent_security_flags_are_usage_errors(capsys, args, message):
     with pytest.raises(SystemExit):
         parse_settings(args, {})
     assert message in capsys.readouterr().err
+
+
+def test_silent_and_idle_connections_are_closed(trained):
+    import socket
+    import threading
+    import time
+
+    proc = serve_in_process("--model-repository", str(trained["models"]), "--handshake-timeout-seconds", "1",
+                            "--max-connection-idle-seconds", "1")  # fmt: skip
+    try:
+        host, port = proc.target.rsplit(":", 1)
+        silent = socket.create_connection((host, int(port)), timeout=10)  # connects, never speaks
+        start = time.monotonic()
+        while silent.recv(1024):  # the server's own settings frame, then nothing until it closes
+            pass
+        assert time.monotonic() - start < 8
+        silent.close()
+
+        states: list[grpc.ChannelConnectivity] = []
+        idle = threading.Event()
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            states.append(state)
+            if grpc.ChannelConnectivity.READY in states and state == grpc.ChannelConnectivity.IDLE:
+                idle.set()
+
+        with grpc.insecure_channel(proc.target) as channel:
+            channel.subscribe(watch, try_to_connect=False)
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert idle.wait(10)  # the server sent GOAWAY after a second without calls
+            channel.unsubscribe(watch)
+    finally:
+        proc.stop()

@@ -65,6 +65,12 @@ class MdnServer:
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
                 ("grpc.so_reuseport", 1 if settings.share_port else 0),
+                # A connection that never finishes its handshake, or stays idle, is closed; keepalive
+                # pings find peers that went away without closing (half-open connections).
+                ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
+                ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_seconds * 1000)),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
             ],
             interceptors=interceptors,
         )

@@ -38,6 +38,8 @@ class Settings:
     # The default takes 4096 Panda poses at the default seeds (16 components + 32 draws) in one request.
     max_ik_seeds: int = 262_144
     max_message_bytes: int = 64 * 1024 * 1024
+    handshake_timeout_seconds: float = 10.0  # a connection must finish its TLS/HTTP2 handshake in this time
+    max_connection_idle_seconds: float = 300.0  # a connection without calls this long is closed (GOAWAY)
     max_batch_rows: int = 8192  # rows per merged ONNX Runtime call
     max_queue_delay_ms: float = 0.0  # 0: batch what is already queued, never wait for more
     max_queue_size: int = 1024  # queued requests per model version before RESOURCE_EXHAUSTED
@@ -104,6 +106,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-samples", int, "largest rows x num_samples per Sample request")
     add("--max-ik-seeds", int, "largest targets x seeds (mixture components, draws, seed_state) per IK request")
     add("--max-message-bytes", int, "largest gRPC message, in and out")
+    add("--handshake-timeout-seconds", float, "close a connection that has not finished its handshake by then")
+    add("--max-connection-idle-seconds", float, "close a connection that made no call for this long")
     add("--max-batch-rows", int, "most rows dynamic batching merges into one ONNX Runtime call")
     add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0: send what has arrived")
     add("--max-queue-size", int, "requests queued per model version before new ones get RESOURCE_EXHAUSTED")
@@ -154,6 +158,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             problems.append(f"--{name.replace('_', '-')} {path}: no such file")
     if not -1 <= settings.health_port <= 65535:
         problems.append("--health-port must be in -1..65535")
+    for name in ("handshake_timeout_seconds", "max_connection_idle_seconds"):
+        if not getattr(settings, name) > 0:
+            problems.append(f"--{name.replace('_', '-')} must be > 0")
     non_negative = ("intra_op_threads", "inter_op_threads", "compute_threads", "max_queue_delay_ms", "poll_seconds")
     for name in (*non_negative, "drain_delay_seconds", "grace_seconds"):
         if getattr(settings, name) < 0:
