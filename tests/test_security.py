@@ -173,3 +173,29 @@ def test_silent_and_idle_connections_are_closed(trained):
             channel.unsubscribe(watch)
     finally:
         proc.stop()
+
+
+def test_a_half_sent_metrics_request_does_not_hold_a_thread(trained):
+    import socket
+    import time
+    import urllib.request
+
+    from mdn_serve.metrics_http import READ_TIMEOUT
+
+    proc = serve_in_process("--model-repository", str(trained["models"]))
+    try:
+        port = proc.server.metrics_port
+        assert port
+        stuck = [socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT + 5) for _ in range(20)]
+        for conn in stuck:
+            conn.sendall(b"GET /metr")  # and never the rest
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:  # others are served
+            assert page.status == 200 and b"mdn_model_info" in page.read()
+        start = time.monotonic()
+        for conn in stuck:
+            while conn.recv(1024):  # the server gives up on each after READ_TIMEOUT
+                pass
+            conn.close()
+        assert time.monotonic() - start < READ_TIMEOUT + 4
+    finally:
+        proc.stop()

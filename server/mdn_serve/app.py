@@ -16,11 +16,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from mdn_serve.config import Settings, compute_threads
 from mdn_serve.errors import MdnError
 from mdn_serve.metrics import Metrics
+from mdn_serve.metrics_http import serve_metrics
 from mdn_serve.protocols import ADAPTERS
 from mdn_serve.protocols.rpc import add_service
 from mdn_serve.security import BearerTokenInterceptor, read_token, server_credentials
@@ -134,9 +134,7 @@ class MdnServer:
             log.info("health (plaintext) on %s:%d", s.host, self.health_port)
         if s.metrics_port >= 0:
             try:
-                self._metrics_server, _ = start_http_server(
-                    s.metrics_port, s.metrics_host, registry=self.metrics.registry
-                )
+                self._metrics_server = serve_metrics(s.metrics_port, s.metrics_host, self.metrics.registry)
             except OSError as exc:
                 raise MdnError(
                     f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({exc.strerror}); "

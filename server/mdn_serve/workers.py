@@ -67,8 +67,10 @@ def _run_worker(settings: Settings, ready_fd: int) -> None:
 
 
 def supervise(settings: Settings, metrics_dir: str) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+    from mdn_serve.metrics_http import serve_metrics
 
     holder = reserve_port(settings.host, settings.port)
     port = holder.getsockname()[1]
@@ -113,7 +115,7 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
     if settings.metrics_port >= 0:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
-        metrics_server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+        metrics_server = serve_metrics(settings.metrics_port, settings.metrics_host, registry)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics_server.server_port)
 
     # SERVING once every worker has said so. A worker that dies before that fails the whole
