@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_core.mixture import _LOG_2PI, _logsumexp, _max_last, _sum_last
+from mdn_core.mixture import _LOG_2PI, _logsumexp, _max_last, _min_last, _sum_last
 
 FloatArray = NDArray[np.floating]
 
@@ -21,11 +21,6 @@ DIP_POINTS = 7  # density checks on the segment between two nearby modes
 _FEW_STARTS = 64
 _STEPS_PER_GATHER = 8
 _CHUNK = 1 << 15  # starts per climbing chunk: bounds the (starts, K, D) temporaries
-
-
-def _min_last(a: FloatArray) -> FloatArray:
-    out: FloatArray = functools.reduce(np.minimum, [a[..., j] for j in range(a.shape[-1])])
-    return out
 
 
 @functools.lru_cache(maxsize=32)

@@ -33,6 +33,12 @@ def _max_last(a: FloatArray) -> FloatArray:
     return out
 
 
+def _min_last(a: FloatArray) -> FloatArray:
+    """np.min(a, axis=-1)."""
+    out: FloatArray = functools.reduce(np.minimum, [a[..., j] for j in range(a.shape[-1])])
+    return out
+
+
 def _sum_last(a: FloatArray) -> FloatArray:
     """np.sum(a, axis=-1) of a floating array."""
     out: FloatArray = a @ np.ones(a.shape[-1], dtype=a.dtype)

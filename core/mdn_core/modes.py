@@ -250,7 +250,7 @@ def _extend(
     tol = np.maximum(DRAW_TOL * mix.unit, 1e-6 * reach)[rows].astype(np.float32)
     single = mix.single()
     ends, caught = single.climb(
-        points.astype(np.float32), rows, tol, MAX_DRAW_STEPS if max_iter > MAX_DRAW_STEPS else max_iter,
+        points.astype(np.float32), rows, tol, min(max_iter, MAX_DRAW_STEPS),
         (table, known_x.astype(np.float32), np.minimum(radius, 1e30).astype(np.float32)),
     )  # fmt: skip
     free = caught < 0
