@@ -263,7 +263,7 @@ def test_ik_seeds_have_their_own_budget(trained):
 
 def test_solve_works_in_chunks_that_give_the_same_answer_and_can_be_stopped(monkeypatch):
     import mdn_core.ik as ik
-    from mdn_core.ik import Interrupted
+    from mdn_core.chunks import Interrupted
     from mdn_serve.errors import DeadlineExpired
     from mdn_serve.serving.pipeline import Ask, IkSpec, postprocess
 
@@ -273,11 +273,13 @@ def test_solve_works_in_chunks_that_give_the_same_answer_and_can_be_stopped(monk
     branches, _ = ARM.two_link_ik(targets)
     mixture = mixture_around(branches + 0.02, np.array([0.4, 0.6]))
     whole = solve(ARM.chain, targets, *mixture)
-    monkeypatch.setattr(ik, "CHUNK_SEEDS", 12)  # 3 seeds per target here: chunks of 4 targets
-    chunked = solve(ARM.chain, targets, *mixture)
-    assert chunked.status == whole.status and chunked.num_solutions.tolist() == whole.num_solutions.tolist()
-    for name in ("solutions", "position_error", "score", "within_limits", "iterations"):
-        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    drawn = solve(ARM.chain, targets, *mixture, num_samples=5, seed=11)  # seeded draws: chunks must not change them
+    monkeypatch.setattr(ik, "CHUNK_SEEDS", 12)  # 3 seeds per target here: chunks of 4 targets (1 with the draws)
+    for before, after in ((whole, solve(ARM.chain, targets, *mixture)),
+                          (drawn, solve(ARM.chain, targets, *mixture, num_samples=5, seed=11))):  # fmt: skip
+        assert after.status == before.status and after.num_solutions.tolist() == before.num_solutions.tolist()
+        for name in ("solutions", "position_error", "score", "within_limits", "iterations"):
+            np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
     calls: list[int] = []
 
     def stop() -> bool:

@@ -167,3 +167,32 @@ def test_min_mass_applies_to_the_basin_not_the_component_weight():
     found = mixture_modes(w, m, s)
     assert found.num_modes.tolist() == [2]
     np.testing.assert_allclose(np.sort(found.mass[0]), np.sort(share), atol=2e-3)
+
+
+def test_the_search_runs_in_chunks_that_give_the_same_answer_and_can_be_stopped(monkeypatch):
+    import mdn_core.modes as modes_module
+    from mdn_core.chunks import Interrupted
+
+    rng = np.random.default_rng(5)
+    rows = random_mixtures(rng, 40, 2, 4, (0.2, 1.0), 2.0)
+    k = max(len(w) for w, _, _ in rows)
+    w = np.zeros((40, k))
+    m = np.zeros((40, k, 2))
+    s = np.ones((40, k, 2))
+    for i, (wi, mi, si) in enumerate(rows):  # padded with zero-weight components
+        w[i, : len(wi)], m[i, : len(wi)], s[i, : len(wi)] = wi, mi, si
+    whole = mixture_modes(w, m, s)
+    monkeypatch.setattr(modes_module, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(modes_module, "CHUNK_WORK", 7 * k * 2)  # chunks of 7 rows
+    chunked = mixture_modes(w, m, s)
+    assert chunked.num_modes.tolist() == whole.num_modes.tolist()
+    for name in ("modes", "log_density", "mass"):  # the same to float32 rounding (vector loops differ by length)
+        np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-6, atol=1e-7)
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) == 2
+
+    with pytest.raises(Interrupted, match="after 14 of 40 rows"):
+        mixture_modes(w, m, s, should_stop=stop)

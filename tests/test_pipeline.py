@@ -207,3 +207,35 @@ def test_a_file_that_fails_only_when_run_is_refused_and_the_rest_of_the_reload_s
         assert "ONNX Runtime cannot run it" in running.log()
     finally:
         running.stop()
+
+
+def test_sampling_runs_in_chunks_that_draw_the_same_samples_and_can_be_stopped(monkeypatch):
+    from mdn_core.mixture import sample_mixture
+    from mdn_core.model import Mixture
+
+    rng = np.random.default_rng(2)
+    w = rng.dirichlet(np.ones(3), 6).astype(np.float32)
+    m = rng.normal(size=(6, 3, 2)).astype(np.float32)
+    s = rng.uniform(0.1, 1.0, (6, 3, 2)).astype(np.float32)
+    mix = Mixture(w, m, s)
+    x = np.zeros((6, 1), np.float32)
+    # Three requests sharing (N, temperature): 1, 2 and 3 rows, each with its own seed.
+    asks = [pipeline.Ask(sampling=pipeline.SampleSpec(50, seed=seed)) for seed in (4, 5, 6)]
+    bounds = [0, 1, 3, 6]
+    monkeypatch.setattr(pipeline, "SAMPLE_CHUNK", 40)  # chunks split rows, requests and one row's samples
+    out = pipeline.postprocess(asks, bounds, x, mix, None)
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        want = sample_mixture(w[a:b], m[a:b], s[a:b], 50, np.random.default_rng(4 + i))
+        got = out[i]
+        assert isinstance(got, pipeline.Outputs) and got.samples is not None
+        np.testing.assert_array_equal(got.samples, want)
+
+    asked = []
+
+    def first_request_waits() -> bool:
+        asked.append(1)
+        return len(asked) < 3
+
+    out = pipeline.postprocess(asks, bounds, x, mix, None, [first_request_waits, lambda: False, lambda: False])
+    assert all(isinstance(o, pipeline.DeadlineExpired) for o in out)  # shared work: stopped once nobody waits
+    assert "stopped after" in str(out[0])

@@ -1,5 +1,6 @@
 """Search primitives on one batch's Gaussian mixture, for mdn_core.modes: climbing, Newton polishing,
-dip checks, the quasi-random draws, and exact basin masses in one dimension."""
+dip checks, the quasi-random draws, exact basin masses in one dimension, and grouping points by grid
+cell, by parent pointers and by isolation."""
 
 from __future__ import annotations
 
@@ -270,3 +271,29 @@ def interval_masses(
         share = normal_cdf((right[:, None] - mu) / sigma) - normal_cdf((left[:, None] - mu) / sigma)
     mass[modes] = np.sum(weights[r] * share, axis=1)
     return mass
+
+
+def grid_groups(ends: FloatArray, row: NDArray[np.intp], cell: FloatArray) -> tuple[NDArray[np.intp], ...]:
+    """Group points (N, D) of rows `row` by grid cell (each row's cell size: cell (B, D)): (group of each
+    point (N,), first point of each group)."""
+    cells = np.floor(ends / cell[row]).astype(np.int64)
+    keys = np.concatenate([row[:, None].astype(np.int64), cells], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return inverse.reshape(-1), first
+
+
+def roots(parent: NDArray[np.intp]) -> NDArray[np.intp]:
+    """Follow parent pointers (each points at itself or at an earlier entry) to their roots."""
+    for _ in range(max(1, int(np.ceil(np.log2(max(len(parent), 2)))) + 1)):
+        parent = parent[parent]
+    return parent
+
+
+def isolated(means: FloatArray, sigma: FloatArray, searched: NDArray[np.bool_], isolation: float) -> NDArray[np.bool_]:
+    """(B, K): components separated from every other searched one of their row by more than `isolation`
+    times the sum of their scales, in at least one dimension."""
+    gap = np.abs(means[:, :, None, :] - means[:, None, :, :]) / (sigma[:, :, None, :] + sigma[:, None, :, :])
+    apart = np.max(gap, axis=-1) > isolation  # (B, K, K)
+    apart |= ~searched[:, None, :] | np.eye(means.shape[1], dtype=bool)[None]
+    out: NDArray[np.bool_] = np.all(apart, axis=-1)
+    return out

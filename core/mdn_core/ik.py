@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mdn_core.chain import TWO_PI, SerialChain, quaternion_matrix, rotation_log, task_of
+from mdn_core.chunks import spans
 from mdn_core.mixture import sample_mixture
 from mdn_core.modes import Modes, mixture_modes
 from mdn_core.solutions import Solutions, concatenate
@@ -34,7 +35,7 @@ MAX_ITERATIONS = 40
 MIN_DAMPING = 1e-6
 STALL_WINDOW = 5  # steps between checks that a seed still makes progress
 STALL_RATIO = 0.3  # ... by cutting its squared error to under this fraction
-CHUNK_SEEDS = 16_384  # seeds per chunk of targets (see solve)
+CHUNK_SEEDS = 4096  # seeds per chunk of targets (see solve): about 90 ms on a 7-joint arm
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
 
@@ -184,10 +185,6 @@ def joint_distance(chain: SerialChain, a: FloatArray, b: FloatArray) -> NDArray[
     return out
 
 
-class Interrupted(Exception):
-    """solve stopped between chunks because its caller's should_stop said so."""
-
-
 def solve(
     chain: SerialChain,
     targets: FloatArray,
@@ -210,26 +207,26 @@ def solve(
     seeds with their mass); 0 for tolerance or orientation_tolerance, and None for num_samples,
     mean the chain's default; seed_state (B, J) or (1, J): one more seed per target, and the
     reference for turns and ranking. The targets are worked through in chunks of about
-    CHUNK_SEEDS seeds; before each chunk after the first, should_stop() may end the work
-    (Interrupted), so a caller that has gone away frees the thread within one chunk.
+    CHUNK_SEEDS seeds (tens of milliseconds); before each chunk after the first, should_stop()
+    may end the work (Interrupted, see mdn_core.chunks), so a caller that has gone away frees the
+    thread within one chunk. Every draw is made before the first chunk: the answer does not
+    depend on the chunks.
     """
     if modes is None:
-        modes = mixture_modes(weights, means, scales)
+        modes = mixture_modes(weights, means, scales, should_stop=should_stop)
     draws = default_draws(chain) if num_samples is None else num_samples
+    drawn = None
+    if draws > 0:
+        drawn = sample_mixture(weights, means, scales, draws, np.random.default_rng(seed))  # (B, draws, J)
     per_target = int(modes.modes.shape[1]) + draws + 1
-    step = max(1, CHUNK_SEEDS // per_target)
     state = None if seed_state is None else np.asarray(seed_state, dtype=np.float64)
     parts = []
-    for start in range(0, len(targets), step):
-        if start and should_stop is not None and should_stop():
-            raise Interrupted(f"stopped after {start} of {len(targets)} targets")
-        stop = start + step
-        rows_state = state if state is None or len(state) == 1 else state[start:stop]
+    for start, stop in spans(len(targets), CHUNK_SEEDS // per_target, should_stop, "targets"):
         parts.append(
             _solve(
-                chain, targets[start:stop], weights[start:stop], means[start:stop], scales[start:stop],
-                max_solutions, refine_solutions, tolerance, draws,
-                None if seed is None else seed + start, modes.take(start, stop), orientation_tolerance, rows_state,
+                chain, targets[start:stop], max_solutions, refine_solutions, tolerance,
+                None if drawn is None else drawn[start:stop], modes.take(start, stop), orientation_tolerance,
+                state if state is None or len(state) == 1 else state[start:stop],
             )
         )  # fmt: skip
     return parts[0] if len(parts) == 1 else concatenate(parts)
@@ -238,14 +235,10 @@ def solve(
 def _solve(
     chain: SerialChain,
     targets: FloatArray,
-    weights: FloatArray,
-    means: FloatArray,
-    scales: FloatArray,
     max_solutions: int,
     refine_solutions: bool,
     tolerance: float,
-    draws: int,
-    seed: int | None,
+    drawn: NDArray[np.float32] | None,
     modes: Modes,
     orientation_tolerance: float,
     seed_state: FloatArray | None,
@@ -258,8 +251,8 @@ def _solve(
     score = np.nan_to_num(modes.mass.astype(np.float64), nan=0.0)
     valid = np.arange(seeds.shape[1])[None, :] < modes.num_modes[:, None]
     extra = []
-    if draws > 0:
-        extra.append(sample_mixture(weights, means, scales, draws, np.random.default_rng(seed)).astype(np.float64))
+    if drawn is not None:
+        extra.append(drawn.astype(np.float64))
     state = None
     if seed_state is not None:
         state = np.broadcast_to(np.asarray(seed_state, dtype=np.float64), (batch, chain.num_joints))

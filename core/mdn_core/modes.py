@@ -40,12 +40,14 @@ Every step is vectorised over rows, starts and components; loops run over iterat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_core.climb import MixtureSearch, basin_points, interval_masses
+from mdn_core.chunks import spans, stack_padded
+from mdn_core.climb import MixtureSearch, basin_points, grid_groups, interval_masses, isolated, roots
 from mdn_core.mixture import _max_last, _sum_last
 
 FloatArray = NDArray[np.floating]
@@ -64,6 +66,8 @@ CAPTURE = 0.25  # a climb this close to a known mode (of its narrowest width) ha
 CELL = 1e-2  # end points in one grid cell of this size (same unit) are one candidate
 DIP_RANGE = 0.1  # modes closer than this (of the finest scale) are checked for a dip between them
 _UNSEARCHED_MASS_FRACTION = 1e-3  # components lighter than this times min_mass are not searched
+CHUNK_WORK = 4096  # rows x components x dimensions per chunk of the search (tens of milliseconds)
+MIN_CHUNK_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -100,21 +104,6 @@ def _unit(scales: FloatArray, searched: NDArray[np.bool_]) -> FloatArray:
     return np.where(np.isfinite(out), out, 1.0)
 
 
-def _candidates(ends: FloatArray, row: NDArray[np.intp], unit: FloatArray) -> tuple[NDArray[np.intp], ...]:
-    """Group end points (N, D) by grid cell: (candidate of each end point (N,), first end point of each)."""
-    cells = np.floor(ends / (CELL * unit[row])).astype(np.int64)
-    keys = np.concatenate([row[:, None].astype(np.int64), cells], axis=1)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    return inverse.reshape(-1), first
-
-
-def _roots(parent: NDArray[np.intp]) -> NDArray[np.intp]:
-    """Follow parent pointers (each points at itself or at an earlier entry) to their roots."""
-    for _ in range(max(1, int(np.ceil(np.log2(max(len(parent), 2)))) + 1)):
-        parent = parent[parent]
-    return parent
-
-
 def mixture_modes(
     weights: FloatArray,
     means: FloatArray,
@@ -123,6 +112,7 @@ def mixture_modes(
     max_iter: int = 500,
     merge_tol: float = 1e-3,
     min_mass: float = DEFAULT_MIN_MASS,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Modes:
     """Every mode of each row's mixture with its log-density and the probability of its basin.
 
@@ -130,10 +120,39 @@ def mixture_modes(
     than a thousandth of min_mass are not searched (K of them together cannot make a mode of
     min_mass): a trained MDN parks the components it does not need at near-zero weight, anywhere.
     merge_tol is relative to the row's finest searched scale; max_iter bounds the climb of each
-    start; max_modes = 0 keeps all the modes.
+    start; max_modes = 0 keeps all the modes. The rows are searched in chunks of about CHUNK_WORK
+    component-dimensions (tens of milliseconds each); should_stop() is asked between chunks and
+    ends the search with Interrupted (see mdn_core.chunks). Rows are independent: chunks change
+    the answer by float32 rounding at most.
     """
     if max_modes < 0:
         raise ValueError(f"max_modes must be >= 0, got {max_modes}")
+    batch, k, dim = means.shape
+    step = max(MIN_CHUNK_ROWS, CHUNK_WORK // (k * dim))
+    if batch <= step:
+        return _search(weights, means, scales, max_modes, max_iter, merge_tol, min_mass)
+    parts = [
+        _search(weights[a:b], means[a:b], scales[a:b], max_modes, max_iter, merge_tol, min_mass)
+        for a, b in spans(batch, step, should_stop, "rows")
+    ]
+    return Modes(
+        stack_padded([p.modes for p in parts], np.nan),
+        stack_padded([p.log_density for p in parts], np.nan),
+        stack_padded([p.mass for p in parts], np.nan),
+        np.concatenate([p.num_modes for p in parts]),
+    )
+
+
+def _search(
+    weights: FloatArray,
+    means: FloatArray,
+    scales: FloatArray,
+    max_modes: int,
+    max_iter: int,
+    merge_tol: float,
+    min_mass: float,
+) -> Modes:
+    """mixture_modes for one chunk of rows."""
     batch, _, dim = means.shape
     w = weights.astype(np.float64)
     searched = w >= min_mass * _UNSEARCHED_MASS_FRACTION
@@ -152,7 +171,7 @@ def mixture_modes(
     sigma = scales.astype(np.float64)
     spread = sigma[mb, mk]  # (C, D)
     # Nor is one lighter than min_mass: its whole weight, wherever it goes, is below what counts.
-    lonely = _isolated(mix.means, sigma, searched)[mb, mk] | (w[mb, mk] < min_mass)
+    lonely = isolated(mix.means, sigma, searched, ISOLATION)[mb, mk] | (w[mb, mk] < min_mass)
     probed = np.flatnonzero(~lonely)
     count = min(dim, PROBE_AXES)
     widest = np.argsort(spread[probed], axis=1)[:, -count:]  # (P, count)
@@ -211,16 +230,6 @@ def mixture_modes(
     out_mass = np.full((batch, width), np.nan, np.float32)
     out_modes[kr, slot], out_dens[kr, slot], out_mass[kr, slot] = final.x[idx], final.log_p[idx], mass[idx]
     return Modes(out_modes, out_dens, out_mass, num_modes)
-
-
-def _isolated(means: FloatArray, sigma: FloatArray, searched: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """(B, K): components separated from every other searched one of their row by more than ISOLATION
-    times the sum of their scales, in at least one dimension."""
-    gap = np.abs(means[:, :, None, :] - means[:, None, :, :]) / (sigma[:, :, None, :] + sigma[:, None, :, :])
-    apart = np.max(gap, axis=-1) > ISOLATION  # (B, K, K)
-    apart |= ~searched[:, None, :] | np.eye(means.shape[1], dtype=bool)[None]
-    out: NDArray[np.bool_] = np.all(apart, axis=-1)
-    return out
 
 
 def _follow(moved: NDArray[np.intp], owner: NDArray[np.intp]) -> NDArray[np.intp]:
@@ -308,7 +317,7 @@ def _settle(
     With `known`, the first end points are its modes, in order, already polished: they are kept
     as they are (each is the first point of its cell, so its cell's candidate).
     """
-    of_end, first = _candidates(ends, row, mix.unit)
+    of_end, first = grid_groups(ends, row, CELL * mix.unit)
     c_row = row[first]
     modes = np.flatnonzero(known.is_mode) if known is not None else np.zeros(0, dtype=np.intp)
     done = first < len(modes)
@@ -333,7 +342,7 @@ def _settle(
     check = (gap < DIP_RANGE) & ~same
     same[check] = mix.no_dip(c_x[i[check]], c_x[j[check]], c_row[i[check]], c_log_p[j[check]])
     np.minimum.at(parent, j[same], i[same])  # j ranks after i: point it at the best i it merges with
-    parent = _roots(parent)
+    parent = roots(parent)
     is_mode = c_peak & (parent == np.arange(len(c_x)))
     owner = parent[of_end]
     lost = ~is_mode[owner]

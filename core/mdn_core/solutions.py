@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from mdn_core.chunks import stack_padded
 
 
 @dataclass(frozen=True)
@@ -37,24 +38,13 @@ class Solutions:
 
 def concatenate(parts: list[Solutions]) -> Solutions:
     """Chunks' solutions as one, each padded to the widest chunk (NaN, False or 0)."""
-    width = max(p.solutions.shape[1] for p in parts)
-
-    def pad(name: str, fill: Any) -> NDArray[Any]:
-        arrays = [getattr(p, name) for p in parts]
-        return np.concatenate(
-            [
-                np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
-                for a in arrays
-            ]
-        )
-
     return Solutions(
-        solutions=pad("solutions", np.nan),
-        position_error=pad("position_error", np.nan),
-        orientation_error=pad("orientation_error", np.nan),
-        within_limits=pad("within_limits", False),
-        score=pad("score", np.nan),
+        solutions=stack_padded([p.solutions for p in parts], np.nan),
+        position_error=stack_padded([p.position_error for p in parts], np.nan),
+        orientation_error=stack_padded([p.orientation_error for p in parts], np.nan),
+        within_limits=stack_padded([p.within_limits for p in parts], False),
+        score=stack_padded([p.score for p in parts], np.nan),
         num_solutions=np.concatenate([p.num_solutions for p in parts]),
         status=[s for p in parts for s in p.status],
-        iterations=pad("iterations", 0),
+        iterations=stack_padded([p.iterations for p in parts], 0),
     )

@@ -21,14 +21,17 @@ from typing import NamedTuple
 
 import numpy as np
 from mdn_core.chain import SerialChain
-from mdn_core.ik import DEFAULT_REFINE, Interrupted, solve
-from mdn_core.mixture import sample_draws, samples_from_draws
+from mdn_core.chunks import Interrupted, spans
+from mdn_core.ik import DEFAULT_REFINE, solve
+from mdn_core.mixture import samples_from_draws
 from mdn_core.model import Mixture
 from mdn_core.modes import Modes, mixture_modes
 from mdn_core.solutions import Solutions
 from numpy.typing import NDArray
 
 from mdn_serve.errors import DeadlineExpired
+
+SAMPLE_CHUNK = 262_144  # samples (rows x num_samples) per chunk of sampling: tens of milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,28 +102,33 @@ def postprocess(
     """Samples, modes and IK solutions for every request of a batch, split per request.
 
     asks[i] covers rows bounds[i]:bounds[i + 1] of x (the stacked inputs) and of mix. wanted[i]()
-    says whether request i's caller still waits (not cancelled, deadline not passed): IK, the
-    longest stage, checks it between chunks of targets and gives up on a request nobody waits
-    for, which then gets a DeadlineExpired instead of its outputs.
+    says whether request i's caller still waits (not cancelled, deadline not passed, server not
+    shutting down). Every stage works in chunks (see mdn_core.chunks) and asks between them: a
+    stage shared by several requests stops when none of them waits, IK (one request at a time)
+    when its request does not; such a request gets a DeadlineExpired instead of its outputs.
     """
-    samples = _samples(asks, bounds, mix)
-    modes = _modes(asks, bounds, mix)
+    waits = wanted or [_always] * len(asks)
+    failed: dict[int, BaseException] = {}
+    samples = _samples(asks, bounds, mix, waits, failed)
+    modes = _modes(asks, bounds, mix, waits, failed)
     out: list[Outputs | BaseException] = []
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         ask, found = asks[i], modes.get(i)
+        if i in failed:
+            out.append(failed[i])
+            continue
         solutions = None
         if ask.ik is not None:
             assert chain is not None and found is not None  # the dataplane admits IK for arm models only
             spec, part = ask.ik, mix.rows(a, b)
             targets = x[a:b] if spec.targets is None else spec.targets
-            stop = None if wanted is None else _negate(wanted[i])
             try:
                 solutions = solve(
                     chain, targets, *part, spec.max_solutions, spec.refine, spec.tolerance, spec.num_samples or None,
-                    spec.seed, found, spec.orientation_tolerance, spec.seed_state, stop,
+                    spec.seed, found, spec.orientation_tolerance, spec.seed_state, _none_of(waits, [i]),
                 )  # fmt: skip
             except Interrupted as stopped:
-                out.append(DeadlineExpired(f"the caller stopped waiting while its targets were solved ({stopped})"))
+                out.append(_stopped("its targets were solved", stopped))
                 continue
         shown = None
         if ask.max_modes is not None and found is not None:
@@ -129,30 +137,39 @@ def postprocess(
     return out
 
 
-def _negate(check: Callable[[], bool]) -> Callable[[], bool]:
-    return lambda: not check()
+def _always() -> bool:
+    return True
 
 
-def _samples(asks: Sequence[Ask], bounds: Sequence[int], mix: Mixture) -> dict[int, NDArray[np.float32]]:
+def _none_of(waits: Sequence[Callable[[], bool]], members: Sequence[int]) -> Callable[[], bool]:
+    """should_stop for work shared by `members`: stop when none of them waits any more."""
+    return lambda: not any(waits[i]() for i in members)
+
+
+def _stopped(stage: str, stopped: Interrupted) -> DeadlineExpired:
+    return DeadlineExpired(f"the caller stopped waiting while {stage} ({stopped})")
+
+
+def _samples(
+    asks: Sequence[Ask],
+    bounds: Sequence[int],
+    mix: Mixture,
+    waits: Sequence[Callable[[], bool]],
+    failed: dict[int, BaseException],
+) -> dict[int, NDArray[np.float32]]:
     """Sample every request that asked, vectorised over requests that share (N, temperatures)."""
     groups: dict[tuple[int, float, float | None], list[int]] = collections.defaultdict(list)
     for i, ask in enumerate(asks):
         if ask.sampling is not None:
             groups[(ask.sampling.num_samples, ask.sampling.tau, ask.sampling.scale_tau)].append(i)
     out: dict[int, NDArray[np.float32]] = {}
-    dim = mix.means.shape[-1]
-    for (num, tau, scale_tau), members in groups.items():
-        rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
-        draws = []
-        for i in members:
-            spec = asks[i].sampling
-            assert spec is not None
-            draws.append(sample_draws(np.random.default_rng(spec.seed), bounds[i + 1] - bounds[i], num, dim))
-        uniforms = np.concatenate([u for u, _ in draws])
-        normals = np.concatenate([z for _, z in draws])
-        drawn = samples_from_draws(
-            mix.weights[rows], mix.means[rows], mix.scales[rows], uniforms, normals, tau, scale_tau
-        )
+    for members in groups.values():
+        try:
+            drawn = _sample_group([asks[i].sampling for i in members], [(bounds[i], bounds[i + 1]) for i in members],
+                                  mix, _none_of(waits, members))  # fmt: skip
+        except Interrupted as stopped:
+            failed.update((i, _stopped("its samples were drawn", stopped)) for i in members)
+            continue
         offset = 0
         for i in members:
             n = bounds[i + 1] - bounds[i]
@@ -161,13 +178,63 @@ def _samples(asks: Sequence[Ask], bounds: Sequence[int], mix: Mixture) -> dict[i
     return out
 
 
-def _modes(asks: Sequence[Ask], bounds: Sequence[int], mix: Mixture) -> dict[int, Modes]:
+def _sample_group(
+    specs: Sequence[SampleSpec | None], spans_of: Sequence[tuple[int, int]], mix: Mixture, stop: Callable[[], bool]
+) -> NDArray[np.float32]:
+    """Samples (rows, N, D) for requests with one (N, temperatures), their rows stacked, in chunks of
+    about SAMPLE_CHUNK samples.
+
+    Each request draws from its own generator exactly what sample_draws would (all its uniforms,
+    then its normals in row-major order, chunk after chunk), so the chunks change nothing.
+    """
+    first = specs[0]
+    assert first is not None
+    num, dim = first.num_samples, mix.means.shape[-1]
+    generators, uniforms = [], []
+    for spec, (a, b) in zip(specs, spans_of, strict=True):
+        assert spec is not None
+        generator = np.random.default_rng(spec.seed)
+        uniforms.append(generator.random((b - a, num)))
+        generators.append(generator)
+    rows = np.concatenate([np.arange(a, b) for a, b in spans_of])
+    owners = np.cumsum([0] + [b - a for a, b in spans_of])  # each request's first row in the stack
+    u = uniforms[0] if len(uniforms) == 1 else np.concatenate(uniforms)
+    drawn = np.empty((len(rows), num, dim), np.float32)
+    for a, b in spans(len(rows), SAMPLE_CHUNK // num, stop, "rows"):
+        for c, d in spans(num, SAMPLE_CHUNK, stop, "samples"):
+            normals = []
+            for m in range(int(np.searchsorted(owners, a, side="right")) - 1, len(generators)):
+                lo, hi = max(a, owners[m]), min(b, owners[m + 1])
+                if lo >= hi:
+                    break
+                normals.append(generators[m].standard_normal((hi - lo, d - c, dim)))
+            z = normals[0] if len(normals) == 1 else np.concatenate(normals)
+            r = rows[a:b]
+            drawn[a:b, c:d] = samples_from_draws(
+                mix.weights[r], mix.means[r], mix.scales[r], u[a:b, c:d], z, first.tau, first.scale_tau
+            )
+    return drawn
+
+
+def _modes(
+    asks: Sequence[Ask],
+    bounds: Sequence[int],
+    mix: Mixture,
+    waits: Sequence[Callable[[], bool]],
+    failed: dict[int, BaseException],
+) -> dict[int, Modes]:
     """One mode search over the rows of every request that wants modes or IK; all modes, per request."""
-    members = [i for i, ask in enumerate(asks) if ask.max_modes is not None or ask.ik is not None]
+    members = [i for i, ask in enumerate(asks) if (ask.max_modes is not None or ask.ik is not None) and i not in failed]
     if not members:
         return {}
     rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
-    found = mixture_modes(mix.weights[rows], mix.means[rows], mix.scales[rows])
+    try:
+        found = mixture_modes(
+            mix.weights[rows], mix.means[rows], mix.scales[rows], should_stop=_none_of(waits, members)
+        )
+    except Interrupted as stopped:
+        failed.update((i, _stopped("its modes were searched for", stopped)) for i in members)
+        return {}
     out: dict[int, Modes] = {}
     offset = 0
     for i in members:
