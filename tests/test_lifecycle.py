@@ -313,3 +313,38 @@ def test_a_second_server_on_a_taken_port_is_a_clear_start_up_error(server, train
         caplog, "--model-repository", str(trained["models"]), "--metrics-port", str(server.metrics_port)
     )
     assert code == 1 and f"cannot serve metrics on 127.0.0.1:{server.metrics_port}" in text
+
+
+def test_sigterm_under_long_work_exits_within_grace_plus_a_second(trained, tmp_path):
+    """Requests that would compute for many seconds, and more queued behind them: after the grace
+    period they are answered UNAVAILABLE, the compute threads stop within a chunk, and the process
+    exits."""
+    from mdn_serve.tools.client import MdnClient
+
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--grace-seconds", "1",
+                        "--max-ik-seeds", "20000000", "--max-samples", "20000000")  # fmt: skip
+    targets = np.tile([[0.6, 0.6]], (8192, 1)).astype(np.float32)
+    codes: list[str] = []
+
+    def long_call() -> None:
+        with MdnClient(proc.target) as client:
+            client.timeout = 60.0
+            try:
+                client.solve("two_link_arm", targets, num_samples=1000)  # 8 million seeds: tens of seconds
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+
+    threads = [threading.Thread(target=long_call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # two compute, the others queued
+    signalled = time.monotonic()
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(timeout=30) == 0
+    took = time.monotonic() - signalled
+    for t in threads:
+        t.join(timeout=10)
+    assert took < 1.0 + 1.0, (took, proc.log()[-2000:])
+    assert codes == ["UNAVAILABLE"] * 6, codes
+    assert "grace period over: 6 queued or running request(s) answered UNAVAILABLE" in proc.log()

@@ -33,6 +33,7 @@ log = logging.getLogger("mdn_serve")
 
 OVERALL = ""  # the health service's name for the server as a whole
 STOP_SETTLE_SECONDS = 0.2
+ABANDON_SECONDS = 0.5  # after the grace period, how long abandoned calls get to send their UNAVAILABLE
 
 
 class MdnServer:
@@ -194,18 +195,30 @@ class MdnServer:
 
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         """NOT_SERVING first, keep serving for drain_delay (so load balancers notice), then stop
-        taking calls (new ones get UNAVAILABLE) and let in-flight ones finish within grace."""
+        taking calls (new ones get UNAVAILABLE) and let in-flight ones finish within grace. What is
+        still queued or computing then is answered UNAVAILABLE and abandoned (the compute threads
+        stop within one chunk), so the server is down within about a second of the grace period."""
         if self._poller is not None:
             self._poller.cancel()
         await self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             log.info("draining: NOT_SERVING, still answering for %.1f s", drain_delay)
             await asyncio.sleep(drain_delay)
+        grace = self.settings.grace_seconds if grace is None else grace
+        over = asyncio.get_running_loop().time() + grace
         # Refuse new calls ourselves (UNAVAILABLE, so clients go elsewhere) for a moment before
         # gRPC stops accepting: calls still in transit then are not cut off mid-way.
         self.dataplane.accepting = False
-        await asyncio.sleep(min(STOP_SETTLE_SECONDS, self.settings.grace_seconds if grace is None else grace))
-        await self.server.stop(self.settings.grace_seconds if grace is None else grace)
+        await asyncio.sleep(min(STOP_SETTLE_SECONDS, grace))
+        # gRPC's own grace runs a little past ours: abandoned calls then end with our UNAVAILABLE
+        # rather than being cut off.
+        stopping = asyncio.ensure_future(self.server.stop(grace + ABANDON_SECONDS))
+        left = max(0.0, over - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({stopping}, timeout=left)
+        if not done:
+            answered = self.dataplane.abandon()
+            log.warning("grace period over: %d queued or running request(s) answered UNAVAILABLE", answered)
+        await stopping
         if self.health_server is not None:
             await self.health_server.stop(0)
         if self._metrics_server is not None:

@@ -75,9 +75,8 @@ class DynamicBatcher:
         self.config = config
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
-        self._computing: set[asyncio.Future[Sequence[Outputs | BaseException]]] = (
-            set()
-        )  # batches on the compute threads
+        # Batches on the compute threads, with their requests.
+        self._computing: dict[asyncio.Future[Sequence[Outputs | BaseException]], list[_Request]] = {}
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._queued_when_armed = 0  # queue length when the delay timer was set
@@ -171,11 +170,11 @@ class DynamicBatcher:
                     _deliver(batch, None, exc)
                 continue
             running = loop.run_in_executor(self.executor, self._compute, batch, x, plain)
-            self._computing.add(running)
+            self._computing[running] = batch
             running.add_done_callback(functools.partial(self._computed, batch))
 
     def _computed(self, batch: list[_Request], running: asyncio.Future[Sequence[Outputs | BaseException]]) -> None:
-        self._computing.discard(running)
+        self._computing.pop(running, None)
         if running.cancelled():
             _deliver(batch, None, Unavailable("the model version was unloaded while computing; retry"))
         elif (error := running.exception()) is not None:
@@ -189,6 +188,21 @@ class DynamicBatcher:
         while self._queue or self._computing:
             await asyncio.sleep(0.01)
         await self.close()
+
+    def abandon(self, error: Exception) -> int:
+        """Answer every request queued or computing with `error` now (the server's grace period is
+        over); a computing batch sees its requests answered and stops within one chunk. Returns
+        how many requests were answered so."""
+        answered = 0
+        requests = [r for batch in self._computing.values() for r in batch] + list(self._queue)
+        self._queue.clear()
+        self._queued_rows = 0
+        self._depth.set(0)
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error)
+                answered += 1
+        return answered
 
     async def close(self) -> None:
         if self._timer is not None:

@@ -48,7 +48,7 @@ class Dataplane:
         self.batching = batching or BatchingConfig(max_concurrent_batches=compute_threads)
         self.repository: ModelRepository | None = None
         self.accepting = True  # False once shutdown has begun: new calls get UNAVAILABLE
-        self._retiring: set[asyncio.Future[None]] = set()
+        self._retiring: dict[asyncio.Future[None], DynamicBatcher] = {}
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=compute_threads, thread_name_prefix="mdn-compute")
 
@@ -74,12 +74,19 @@ class Dataplane:
             if batchers.get(key) is not batcher:
                 if key not in batchers:
                     self.metrics.model_info.remove(*key, batcher.runtime.provider)
-                self._retiring.add(asyncio.ensure_future(batcher.retire()))
-                self._retiring = {t for t in self._retiring if not t.done()}
+                self._retiring[asyncio.ensure_future(batcher.retire())] = batcher
+                self._retiring = {t: b for t, b in self._retiring.items() if not t.done()}
 
     @property
     def ready(self) -> bool:
         return self.repository is not None
+
+    def abandon(self) -> int:
+        """The grace period is over: answer everything queued or computing UNAVAILABLE now, and let
+        the compute threads stop within one chunk. Returns how many requests were answered so."""
+        error = Unavailable("the server is shutting down and its grace period is over; retry on another replica")
+        batchers = [*self._batchers.values(), *self._retiring.values()]
+        return sum(batcher.abandon(error) for batcher in batchers)
 
     async def close(self) -> None:
         for batcher in self._batchers.values():
