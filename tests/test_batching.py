@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,10 @@ from mdn_core.model import CPU
 from mdn_core.modes import mixture_modes
 from mdn_serve.errors import DeadlineExpired, InvalidInput, QueueFull
 from mdn_serve.metrics import Metrics
-from mdn_serve.serving.batching import BatchingConfig, DynamicBatcher
+from mdn_serve.serving.batching import DynamicBatcher
 from mdn_serve.serving.eventloop import ServingEventLoop
 from mdn_serve.serving.pipeline import Ask, SampleSpec
+from mdn_serve.serving.queue import BatchingConfig
 from mdn_serve.serving.repository import ModelRuntime
 from mdn_serve.tools.client import MdnClient
 
@@ -283,4 +285,40 @@ def test_a_delay_that_gathers_nobody_stops_delaying_lone_requests(runtime):
     first, second, third = asyncio.run(run())
     assert first >= 0.3  # waited the whole delay once
     assert second < 0.15 and third < 0.15  # then backed off
+    executor.shutdown()
+
+
+def test_the_queue_is_bounded_in_time_by_the_work_ahead(runtime):
+    """With about 2 s of mode searches queued, a request that could not start within its budget
+    (1 s, or a nearer deadline) is refused at once; one with a later deadline and no budget waits."""
+    executor, release = blocked_executor()
+    batcher, metrics = make(runtime, executor, max_concurrent_batches=1, max_queue_seconds=0.0)
+    batcher.costs.record("modes", 0.5, 1)  # as measured: half a second per row searched
+    x = np.full((1, 2), 0.6, np.float32)
+
+    def budget(seconds: float) -> None:
+        batcher.config = batcher._queue.config = replace(batcher.config, max_queue_seconds=seconds)
+
+    async def run():
+        first = asyncio.ensure_future(batcher.submit(x, Ask(max_modes=0)))  # stuck on the busy compute thread
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(x, Ask(max_modes=0))) for _ in range(4)]  # 2 s of work
+        await asyncio.sleep(0)
+        budget(1.0)
+        start = time.perf_counter()
+        with pytest.raises(QueueFull, match="within the queue-time budget of 1 s"):
+            await batcher.submit(x)
+        with pytest.raises(QueueFull, match="before its deadline"):
+            await batcher.submit(x, deadline=time.monotonic() + 0.5)
+        refused_in = time.perf_counter() - start
+        budget(0.0)  # the deadline only
+        patient = asyncio.ensure_future(batcher.submit(x, deadline=time.monotonic() + 30))
+        await asyncio.sleep(0.05)
+        assert not patient.done()
+        release.set()
+        await asyncio.gather(first, *queued, patient)
+        return refused_in
+
+    assert asyncio.run(run()) < 0.05
+    assert value(metrics, "mdn_rejected_requests_total", reason="queue_time") == 2
     executor.shutdown()

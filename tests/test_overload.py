@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -93,7 +97,9 @@ def test_overload_is_shed_fast_admitted_work_is_served_and_the_server_recovers(t
 
 
 def test_requests_whose_deadline_passes_in_the_queue_are_not_computed(trained, tmp_path):
-    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--compute-threads", "1")
+    # No queue-time budget: only the deadlines bound the wait (the budget has its own test).
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--compute-threads", "1",
+                        "--max-queue-seconds", "0")  # fmt: skip
     try:
         slow, payload = body(8192), body(8)
 
@@ -123,5 +129,43 @@ def test_requests_whose_deadline_passes_in_the_queue_are_not_computed(trained, t
         assert dropped >= 1
         computed = after[key] - before.get(key, 0)
         assert computed <= BLOCKERS + 10 + 20 - dropped  # dropped requests never reached ONNX Runtime
+    finally:
+        assert stop_server(proc) == 0
+
+
+def loadtest(target: str, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """mdn-loadtest in its own process (its own CPU time and GIL, as a real client), JSON result."""
+    out = tmp_path / f"load{len(list(tmp_path.glob('load*.json')))}.json"
+    subprocess.run([sys.executable, "-m", "mdn_serve.tools.loadtest", "--target", target, "--model", "two_link_arm",
+                    "--rpc", "modes", "--quiet", "--json", str(out), *args], check=False, timeout=120,
+                   capture_output=True)  # fmt: skip
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def test_at_four_times_capacity_goodput_holds_and_admitted_latency_stays_bounded(trained, tmp_path):
+    """Default flags. Open-loop Modes at 4x what the server can do: what cannot start in time is
+    refused at once (RESOURCE_EXHAUSTED, counted as queue_time), so the compute goes to requests
+    that are answered in time: goodput >= 80% of capacity, and the answered p99 within 2x the
+    unloaded p99 plus the queue-time budget (--max-queue-seconds, 1 s)."""
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]))
+    try:
+        common = ("--batch", "2048", "--warmup", "0.5", "--timeout", "5")
+        unloaded = loadtest(proc.target, tmp_path, *common, "--concurrency", "1", "--duration", "1.5")
+        capacity = loadtest(proc.target, tmp_path, *common, "--concurrency", "8", "--duration", "2.5")
+        rate = 4 * capacity["requests_per_second"]
+        overload = loadtest(proc.target, tmp_path, *common, "--rate", f"{rate:.1f}", "--duration", "3")
+        codes = overload["codes"]
+        assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
+        goodput = overload["rows_per_second"] / capacity["rows_per_second"]
+        bound = 2 * unloaded["latency_ms"]["p99"] + 1000.0
+        answered_p99 = overload["answered_latency_ms"]["p99"]
+        report = (goodput, answered_p99, bound, capacity["requests_per_second"], codes)
+        assert goodput >= 0.8, report
+        assert answered_p99 <= bound, report
+        refused = scrape(proc.metrics_port)[
+            ("mdn_rejected_requests_total", (("model", "two_link_arm"), ("reason", "queue_time"), ("version", "1")))
+        ]
+        assert refused >= codes["RESOURCE_EXHAUSTED"]
     finally:
         assert stop_server(proc) == 0

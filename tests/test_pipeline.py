@@ -18,7 +18,7 @@ from mdn_core.model import load_model
 from mdn_core.modes import mixture_modes
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
-from mdn_serve.errors import ModelLoadError
+from mdn_serve.errors import DeadlineExpired, ModelLoadError
 from mdn_serve.serving import pipeline
 from mdn_serve.serving.repository import ModelRepository
 from mdn_serve.tools.client import MdnClient
@@ -237,5 +237,5 @@ def test_sampling_runs_in_chunks_that_draw_the_same_samples_and_can_be_stopped(m
         return len(asked) < 3
 
     out = pipeline.postprocess(asks, bounds, x, mix, None, [first_request_waits, lambda: False, lambda: False])
-    assert all(isinstance(o, pipeline.DeadlineExpired) for o in out)  # shared work: stopped once nobody waits
+    assert all(isinstance(o, DeadlineExpired) for o in out)  # shared work: stopped once nobody waits
     assert "stopped after" in str(out[0])

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from mdn_core.chain import TWO_PI, SerialChain, quaternion_matrix, rotation_log, task_of
 from mdn_core.chunks import spans
-from mdn_core.mixture import sample_mixture
+from mdn_core.mixture import DrawStream
 from mdn_core.modes import Modes, mixture_modes
 from mdn_core.solutions import Solutions, concatenate
 
@@ -209,23 +209,22 @@ def solve(
     reference for turns and ranking. The targets are worked through in chunks of about
     CHUNK_SEEDS seeds (tens of milliseconds); before each chunk after the first, should_stop()
     may end the work (Interrupted, see mdn_core.chunks), so a caller that has gone away frees the
-    thread within one chunk. Every draw is made before the first chunk: the answer does not
-    depend on the chunks.
+    thread within one chunk. The draws come from one DrawStream: the answer does not depend on
+    the chunks.
     """
     if modes is None:
         modes = mixture_modes(weights, means, scales, should_stop=should_stop)
     draws = default_draws(chain) if num_samples is None else num_samples
-    drawn = None
-    if draws > 0:
-        drawn = sample_mixture(weights, means, scales, draws, np.random.default_rng(seed))  # (B, draws, J)
+    stream = DrawStream(seed, draws) if draws > 0 else None
     per_target = int(modes.modes.shape[1]) + draws + 1
     state = None if seed_state is None else np.asarray(seed_state, dtype=np.float64)
     parts = []
     for start, stop in spans(len(targets), CHUNK_SEEDS // per_target, should_stop, "targets"):
+        drawn = None if stream is None else stream.next(weights[start:stop], means[start:stop], scales[start:stop])
         parts.append(
             _solve(
-                chain, targets[start:stop], max_solutions, refine_solutions, tolerance,
-                None if drawn is None else drawn[start:stop], modes.take(start, stop), orientation_tolerance,
+                chain, targets[start:stop], max_solutions, refine_solutions, tolerance, drawn,
+                modes.take(start, stop), orientation_tolerance,
                 state if state is None or len(state) == 1 else state[start:stop],
             )
         )  # fmt: skip

@@ -158,3 +158,21 @@ def sample_mixture(
     tempered_weights(weights[:0], temperature)  # validates the temperature before drawing
     uniforms, normals = sample_draws(rng, means.shape[0], num_samples, means.shape[-1])
     return samples_from_draws(weights, means, scales, uniforms, normals, temperature, scale_temperature)
+
+
+class DrawStream:
+    """num_samples draws from each row's mixture, handed out a block of rows at a time, the same
+    whatever the blocks: the uniforms (component choices) and the normals come from two streams
+    spawned from one seed, each consumed in row order. For work done in chunks (see mdn_core.ik)."""
+
+    def __init__(self, seed: int | None, num_samples: int) -> None:
+        uniforms, normals = np.random.SeedSequence(seed).spawn(2)
+        self._uniforms, self._normals = np.random.default_rng(uniforms), np.random.default_rng(normals)
+        self.num_samples = num_samples
+
+    def next(self, weights: FloatArray, means: FloatArray, scales: FloatArray) -> NDArray[np.float32]:
+        """Draws (B, N, D) for the next B rows."""
+        batch, _, dim = means.shape
+        u = self._uniforms.random((batch, self.num_samples))
+        z = self._normals.standard_normal((batch, self.num_samples, dim))
+        return samples_from_draws(weights, means, scales, u, z)

@@ -24,9 +24,9 @@ from mdn_serve.metrics_http import serve_metrics
 from mdn_serve.protocols import ADAPTERS
 from mdn_serve.protocols.rpc import add_service
 from mdn_serve.security import BearerTokenInterceptor, read_token, server_credentials
-from mdn_serve.serving.batching import BatchingConfig
 from mdn_serve.serving.dataplane import Dataplane, Limits
 from mdn_serve.serving.eventloop import ServingEventLoop
+from mdn_serve.serving.queue import BatchingConfig
 from mdn_serve.serving.repository import ModelRepository, choose_providers
 
 log = logging.getLogger("mdn_serve")
@@ -47,6 +47,7 @@ class MdnServer:
             max_batch_rows=settings.max_batch_rows,
             max_queue_delay=settings.max_queue_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
+            max_queue_seconds=settings.max_queue_seconds,
             max_concurrent_batches=threads,
         )
         self.dataplane = Dataplane(

@@ -43,6 +43,7 @@ class Settings:
     max_batch_rows: int = 8192  # rows per merged ONNX Runtime call
     max_queue_delay_ms: float = 0.0  # 0: batch what is already queued, never wait for more
     max_queue_size: int = 1024  # queued requests per model version before RESOURCE_EXHAUSTED
+    max_queue_seconds: float = 1.0  # longest a request may wait in the queue to start; 0: its deadline only
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT)
     pin_workers: bool = False  # each worker on one CPU of its own (round robin over the usable ones)
     tls_cert: str = ""  # PEM certificate chain; with tls_key, serves gRPC over TLS
@@ -111,6 +112,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-batch-rows", int, "most rows dynamic batching merges into one ONNX Runtime call")
     add("--max-queue-delay-ms", float, "how long a partial batch may wait for more requests; 0: send what has arrived")
     add("--max-queue-size", int, "requests queued per model version before new ones get RESOURCE_EXHAUSTED")
+    add("--max-queue-seconds", float, "longest a request may wait to start (a nearer deadline counts); what could "
+        "not start in time gets RESOURCE_EXHAUSTED at once; 0: only the deadline")  # fmt: skip
     add("--workers", int, "server processes sharing the gRPC port; metrics cover all of them")
     switch("--pin-workers", "pin each worker (or the single server) to a CPU of its own")
     add("--tls-cert", str, "PEM certificate (chain) of the server; with --tls-key turns on TLS")
@@ -161,7 +164,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     for name in ("handshake_timeout_seconds", "max_connection_idle_seconds"):
         if not getattr(settings, name) > 0:
             problems.append(f"--{name.replace('_', '-')} must be > 0")
-    non_negative = ("intra_op_threads", "inter_op_threads", "compute_threads", "max_queue_delay_ms", "poll_seconds")
+    non_negative = ("intra_op_threads", "inter_op_threads", "compute_threads", "max_queue_delay_ms", "poll_seconds",
+                    "max_queue_seconds")  # fmt: skip
     for name in (*non_negative, "drain_delay_seconds", "grace_seconds"):
         if getattr(settings, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")

@@ -111,7 +111,8 @@ class Metrics:
             batch_labels, registry=r,
         )  # fmt: skip
         self.rejections = Counter(
-            "mdn_rejected_requests", "Requests dropped by the batcher, by reason (queue_full, deadline, cancelled).",
+            "mdn_rejected_requests",
+            "Requests refused or dropped by the batcher, by reason (queue_full, queue_time, deadline, cancelled).",
             [*batch_labels, "reason"], registry=r,
         )  # fmt: skip
         self.rows = Histogram(

@@ -9,9 +9,10 @@ company. With the default delay of 0 nobody waits for requests still to come, bu
 that already reached the server and are still on their way through the event loop are
 waiting too: the batch leaves when the loop has handled them (see mdn_serve.serving.eventloop).
 
-The queue is bounded and a request that does not fit is rejected at once. Requests whose
-deadline passed or whose caller went away are dropped before compute, and so are requests
-with NaN or infinite inputs (INVALID_ARGUMENT), found with one check per batch.
+The queue (mdn_serve.serving.queue) is bounded in count and in time: what could not be done
+within its budget is refused at once, and what waited too long all the same is dropped before
+compute, with what was cancelled or passed its deadline. Requests with NaN or infinite inputs
+fail with INVALID_ARGUMENT, found with one check per batch.
 
 Answers do not depend on batching (see mdn_serve.serving.pipeline).
 """
@@ -19,50 +20,31 @@ Answers do not depend on batching (see mdn_serve.serving.pipeline).
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import itertools
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_serve.errors import DeadlineExpired, InvalidInput, QueueFull, Unavailable
+from mdn_serve.errors import InvalidInput, Unavailable
 from mdn_serve.metrics import Metrics, fast_inc, fast_observe
 from mdn_serve.serving.eventloop import call_when_idle
 from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, Outputs, postprocess, split_plain
+from mdn_serve.serving.queue import BatchingConfig, QueuedRequest, RequestQueue
 from mdn_serve.serving.repository import ModelRuntime
 
 _NO_ROWS = np.zeros((0, 0), np.float32)
+_Results = Sequence[Outputs | BaseException]  # a computed batch: each request's outputs or error
 
 # After a queue delay gathered no company, partial batches leave at once for this long.
 LONELY_BACKOFF_SECONDS = 0.25
 
 
-@dataclass(frozen=True)
-class BatchingConfig:
-    max_batch_rows: int = 8192
-    max_queue_delay: float = 0.0  # seconds a partial batch may wait for more requests
-    max_queue_size: int = 1024  # requests waiting per model version
-    max_concurrent_batches: int = 2  # batches of one model version computing at once
-    # Batches this small run on the event loop itself: a thread hand-off costs more than the work.
-    inline_rows: int = 64
-
-
-@dataclass(slots=True)
-class _Request:
-    x: NDArray[np.float32]
-    ask: Ask
-    future: asyncio.Future[Outputs]
-    enqueued: float
-    deadline: float | None  # time.monotonic() after which the caller no longer waits
-
-
 class DynamicBatcher:
-    """The queue and the batching decisions for one model version.
+    """The batching decisions for one model version.
 
     Everything runs on the event loop, driven by callbacks: a request arriving, the queue
     delay running out, the loop going idle, a compute slot coming free.
@@ -73,20 +55,18 @@ class DynamicBatcher:
         self.executor = executor
         self.metrics = metrics
         self.config = config
-        self._queue: collections.deque[_Request] = collections.deque()
-        self._queued_rows = 0
-        # Batches on the compute threads, with their requests.
-        self._computing: dict[asyncio.Future[Sequence[Outputs | BaseException]], list[_Request]] = {}
+        self._queue = RequestQueue(runtime, metrics, config)
+        self.costs = self._queue.costs
+        # Batches on the compute threads: their requests, when they started, their estimated seconds.
+        self._computing: dict[asyncio.Future[_Results], tuple[list[QueuedRequest], float, float]] = {}
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._queued_when_armed = 0  # queue length when the delay timer was set
         self._lonely_until = 0.0  # until then, partial batches do not wait (see _on_delay_over)
         labels = (runtime.name, runtime.version)
-        self._depth = metrics.queue_depth.labels(*labels)
-        self._queue_seconds = fast_observe(metrics.queue_seconds.labels(*labels))
-        self._batch_rows = fast_observe(metrics.batch_rows.labels(*labels))
         self._executions = fast_inc(metrics.executions.labels(*labels))
         self._inferences = fast_inc(metrics.inferences.labels(*labels))
+        self._batch_rows = fast_observe(metrics.batch_rows.labels(*labels))
         self._compute_seconds = fast_observe(metrics.compute_seconds.labels(*labels))
         self._postprocess_seconds = metrics.postprocess_seconds.labels(*labels)
 
@@ -97,16 +77,11 @@ class DynamicBatcher:
         deadline: float | None = None,
     ) -> Outputs:
         """Queue one request and wait for its share of a batch."""
-        if len(self._queue) >= self.config.max_queue_size:
-            self._reject("queue_full")
-            raise QueueFull(
-                f"model {self.runtime.name!r} version {self.runtime.version} has {len(self._queue)} requests "
-                "queued, its limit; retry with backoff"
-            )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._queue.append(_Request(x, ask, future, time.monotonic(), deadline))
-        self._queued_rows += x.shape[0]
+        work = self.costs.work(x.shape[0], ask)
+        request = QueuedRequest(x, ask, future, time.monotonic(), deadline, work, self.costs.seconds(work))
+        self._queue.admit(request, self.seconds_ahead(request.enqueued))
         self._schedule(loop)
         try:
             return await future
@@ -114,8 +89,11 @@ class DynamicBatcher:
             future.cancel()  # a batch not yet taken skips it
             raise
 
-    def _reject(self, reason: str) -> None:
-        self.metrics.rejections.labels(self.runtime.name, self.runtime.version, reason).inc()
+    def seconds_ahead(self, now: float) -> float:
+        """Estimated seconds until a request queued now starts: the work queued and what is left of
+        the batches computing, shared by the compute slots."""
+        left = sum(max(0.0, seconds - (now - started)) for _, started, seconds in self._computing.values())
+        return (self._queue.seconds + left) / self.config.max_concurrent_batches
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Decide when the queue is looked at next.
@@ -124,19 +102,20 @@ class DynamicBatcher:
         handled every request that already reached the server (see mdn_serve.eventloop). With
         a delay, the oldest request waits up to that long for company.
         """
-        if not self._queue or self._flush_scheduled:
+        queue = self._queue
+        if not queue or self._flush_scheduled:
             return  # nothing to do, or already planned
         if len(self._computing) >= self.config.max_concurrent_batches:
-            self._depth.set(len(self._queue))  # they wait: a finishing batch calls again
+            queue.depth.set(len(queue))  # they wait: a finishing batch calls again
             return
         delay = self.config.max_queue_delay
-        if delay > 0 and self._queued_rows < self.config.max_batch_rows and time.monotonic() >= self._lonely_until:
-            wait = self._queue[0].enqueued + delay - time.monotonic()
+        if delay > 0 and queue.rows < self.config.max_batch_rows and time.monotonic() >= self._lonely_until:
+            wait = queue.requests[0].enqueued + delay - time.monotonic()
             if wait > 0:
                 if self._timer is None:
-                    self._queued_when_armed = len(self._queue)
+                    self._queued_when_armed = len(queue)
                     self._timer = loop.call_later(wait, self._on_delay_over, loop)
-                self._depth.set(len(self._queue))
+                queue.depth.set(len(queue))
                 return
         if self._timer is not None:
             self._timer.cancel()
@@ -157,7 +136,7 @@ class DynamicBatcher:
         self._flush_scheduled = False
         loop = asyncio.get_running_loop()
         while self._queue and len(self._computing) < self.config.max_concurrent_batches:
-            batch, x = _finite(self._take_batch())
+            batch, x = _finite(self._queue.take(self.config.max_batch_rows))
             if not batch:
                 continue
             plain = all(r.ask is MIXTURE_ONLY or r.ask.plain for r in batch)
@@ -170,10 +149,10 @@ class DynamicBatcher:
                     _deliver(batch, None, exc)
                 continue
             running = loop.run_in_executor(self.executor, self._compute, batch, x, plain)
-            self._computing[running] = batch
+            self._computing[running] = (batch, time.monotonic(), sum(r.seconds for r in batch))
             running.add_done_callback(functools.partial(self._computed, batch))
 
-    def _computed(self, batch: list[_Request], running: asyncio.Future[Sequence[Outputs | BaseException]]) -> None:
+    def _computed(self, batch: list[QueuedRequest], running: asyncio.Future[_Results]) -> None:
         self._computing.pop(running, None)
         if running.cancelled():
             _deliver(batch, None, Unavailable("the model version was unloaded while computing; retry"))
@@ -193,11 +172,8 @@ class DynamicBatcher:
         """Answer every request queued or computing with `error` now (the server's grace period is
         over); a computing batch sees its requests answered and stops within one chunk. Returns
         how many requests were answered so."""
+        requests = [r for batch, _, _ in self._computing.values() for r in batch] + self._queue.clear()
         answered = 0
-        requests = [r for batch in self._computing.values() for r in batch] + list(self._queue)
-        self._queue.clear()
-        self._queued_rows = 0
-        self._depth.set(0)
         for request in requests:
             if not request.future.done():
                 request.future.set_exception(error)
@@ -210,46 +186,21 @@ class DynamicBatcher:
             self._timer = None
         for running in list(self._computing):
             running.cancel()
-        while self._queue:
-            request = self._queue.popleft()
+        for request in self._queue.clear():
             if not request.future.done():
                 request.future.cancel()
-        self._queued_rows = 0
         await asyncio.sleep(0)  # let the cancelled batches' callbacks answer their callers
 
-    def _take_batch(self) -> list[_Request]:
-        """Pop requests up to max_batch_rows (at least one), dropping the ones nobody waits for."""
-        batch: list[_Request] = []
-        rows = 0
-        now = time.monotonic()
-        while self._queue:
-            request = self._queue[0]
-            n = request.x.shape[0]
-            if batch and rows + n > self.config.max_batch_rows:
-                break
-            self._queue.popleft()
-            self._queued_rows -= n
-            if request.future.done():  # cancelled by its caller while queued
-                self._reject("cancelled")
-                continue
-            if request.deadline is not None and now >= request.deadline:
-                self._reject("deadline")
-                request.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
-                continue
-            self._queue_seconds(now - request.enqueued)
-            batch.append(request)
-            rows += n
-        self._depth.set(len(self._queue))
-        return batch
-
-    def _compute(self, batch: list[_Request], x: NDArray[np.float32], plain: bool) -> Sequence[Outputs | BaseException]:
+    def _compute(self, batch: list[QueuedRequest], x: NDArray[np.float32], plain: bool) -> _Results:
         """One ONNX Runtime call for x (the batch's inputs stacked), then the pipeline's post-processing.
 
         plain: no request asks for more than the mixture parameters.
         """
         start = time.perf_counter()
         mix = self.runtime.model.run(x)
-        self._compute_seconds(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._compute_seconds(seconds)
+        self.costs.record("mixture", seconds, x.shape[0])
         self._executions(1)
         self._inferences(len(batch))
         self._batch_rows(x.shape[0])
@@ -260,13 +211,15 @@ class DynamicBatcher:
             return split_plain(mix, bounds)
         done = time.perf_counter()
         wanted = [functools.partial(_waiting, r) for r in batch]
-        out = postprocess([r.ask for r in batch], bounds, x, mix, self.runtime.metadata.chain, wanted)
+        out = postprocess(
+            [r.ask for r in batch], bounds, x, mix, self.runtime.metadata.chain, wanted, self.costs.record
+        )
         self._postprocess_seconds.observe(time.perf_counter() - done)
         return out
 
 
 def _deliver(
-    batch: list[_Request], results: Sequence[Outputs | BaseException] | None, error: BaseException | None
+    batch: list[QueuedRequest], results: Sequence[Outputs | BaseException] | None, error: BaseException | None
 ) -> None:
     for i, request in enumerate(batch):
         if request.future.done():
@@ -282,7 +235,7 @@ def _deliver(
             request.future.set_exception(error)
 
 
-def _waiting(request: _Request) -> bool:
+def _waiting(request: QueuedRequest) -> bool:
     """Whether a request's caller still waits: not cancelled, deadline not passed (from a compute thread:
     reading a future's state is a plain attribute read)."""
     if request.future.done():
@@ -290,7 +243,7 @@ def _waiting(request: _Request) -> bool:
     return request.deadline is None or time.monotonic() < request.deadline
 
 
-def _finite(batch: list[_Request]) -> tuple[list[_Request], NDArray[np.float32]]:
+def _finite(batch: list[QueuedRequest]) -> tuple[list[QueuedRequest], NDArray[np.float32]]:
     """The batch's inputs stacked, after failing the requests with NaN or infinite values.
 
     One check for the whole batch; only a batch that fails it is looked at request by request.

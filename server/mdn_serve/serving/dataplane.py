@@ -19,8 +19,9 @@ from numpy.typing import NDArray
 
 from mdn_serve.errors import InvalidInput, LimitExceeded, ModelNotFound, Unavailable
 from mdn_serve.metrics import Metrics
-from mdn_serve.serving.batching import BatchingConfig, DynamicBatcher
+from mdn_serve.serving.batching import DynamicBatcher
 from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, IkSpec, Outputs, SampleSpec
+from mdn_serve.serving.queue import BatchingConfig
 from mdn_serve.serving.repository import ModelRepository, ModelRuntime
 
 __all__ = ["Ask", "Dataplane", "IkSpec", "Limits", "Outputs", "SampleSpec"]
@@ -182,7 +183,7 @@ class Dataplane:
             )
         # Every seed is refined: the mixture's modes (at most one per component), the draws, the seed state.
         draws = spec.num_samples or default_draws(chain)
-        seeds = rows * (runtime.metadata.components + draws + (spec.seed_state is not None))
+        seeds = rows * spec.seeds_per_target(chain, runtime.metadata.components)
         if seeds > self.limits.max_ik_seeds:
             raise LimitExceeded(
                 f"{rows} targets x up to {seeds // rows} seeds ({runtime.metadata.components} components, {draws} "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from mdn_core.chain import SerialChain
 from mdn_core.chunks import Interrupted, spans
-from mdn_core.ik import DEFAULT_REFINE, solve
+from mdn_core.ik import DEFAULT_REFINE, default_draws, solve
 from mdn_core.mixture import samples_from_draws
 from mdn_core.model import Mixture
 from mdn_core.modes import Modes, mixture_modes
@@ -61,6 +62,11 @@ class IkSpec:
     seed_state: NDArray[np.float64] | None = None  # (B, J) or (1, J)
     targets: NDArray[np.float64] | None = None  # the targets as asked (the dataplane sets them)
 
+    def seeds_per_target(self, chain: SerialChain, components: int) -> int:
+        """Seeds refined per target at most: the mixture's modes (one per component at most), the
+        draws, the seed state."""
+        return components + (self.num_samples or default_draws(chain)) + (self.seed_state is not None)
+
 
 @dataclass(frozen=True, slots=True)
 class Ask:
@@ -98,6 +104,7 @@ def postprocess(
     mix: Mixture,
     chain: SerialChain | None,
     wanted: Sequence[Callable[[], bool]] | None = None,
+    record: Callable[[str, float, float], None] | None = None,
 ) -> list[Outputs | BaseException]:
     """Samples, modes and IK solutions for every request of a batch, split per request.
 
@@ -106,11 +113,18 @@ def postprocess(
     shutting down). Every stage works in chunks (see mdn_core.chunks) and asks between them: a
     stage shared by several requests stops when none of them waits, IK (one request at a time)
     when its request does not; such a request gets a DeadlineExpired instead of its outputs.
+    record(stage, seconds, units) hears how long each stage took for how much work ("samples":
+    samples drawn, "modes": rows searched, "ik": seeds), for the batcher's cost estimates.
     """
     waits = wanted or [_always] * len(asks)
+    timed = record or _ignore
     failed: dict[int, BaseException] = {}
+    start = time.perf_counter()
     samples = _samples(asks, bounds, mix, waits, failed)
+    timed("samples", time.perf_counter() - start, sum(s.size // s.shape[-1] for s in samples.values()))
+    start = time.perf_counter()
     modes = _modes(asks, bounds, mix, waits, failed)
+    timed("modes", time.perf_counter() - start, sum(m.num_modes.shape[0] for m in modes.values()))
     out: list[Outputs | BaseException] = []
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         ask, found = asks[i], modes.get(i)
@@ -122,6 +136,7 @@ def postprocess(
             assert chain is not None and found is not None  # the dataplane admits IK for arm models only
             spec, part = ask.ik, mix.rows(a, b)
             targets = x[a:b] if spec.targets is None else spec.targets
+            start = time.perf_counter()
             try:
                 solutions = solve(
                     chain, targets, *part, spec.max_solutions, spec.refine, spec.tolerance, spec.num_samples or None,
@@ -130,6 +145,7 @@ def postprocess(
             except Interrupted as stopped:
                 out.append(_stopped("its targets were solved", stopped))
                 continue
+            timed("ik", time.perf_counter() - start, (b - a) * spec.seeds_per_target(chain, mix.weights.shape[1]))
         shown = None
         if ask.max_modes is not None and found is not None:
             shown = found.take(0, b - a, ask.max_modes) if ask.max_modes else found
@@ -139,6 +155,10 @@ def postprocess(
 
 def _always() -> bool:
     return True
+
+
+def _ignore(stage: str, seconds: float, units: float) -> None:
+    pass
 
 
 def _none_of(waits: Sequence[Callable[[], bool]], members: Sequence[int]) -> Callable[[], bool]:

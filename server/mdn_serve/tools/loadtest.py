@@ -65,7 +65,8 @@ class LoadResult:
     rows: int
     requests_per_second: float
     rows_per_second: float
-    latency_ms: dict[str, float]
+    latency_ms: dict[str, float]  # every request, refused or failed ones too
+    answered_latency_ms: dict[str, float]  # the requests answered OK only
     codes: dict[str, int] = field(default_factory=dict)
     skipped_sends: int = 0  # open loop: sends dropped because too many were outstanding
     first_error: str = ""  # "CODE: details" of the first failed request, to say what went wrong
@@ -126,6 +127,7 @@ async def fetch_metadata(config: LoadConfig) -> tuple[dict[str, Any], int]:
 class _Recorder:
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.answered: list[float] = []  # latencies of the requests answered OK
         self.codes: Counter[str] = Counter()
         self.measuring = False
         self.first_error = ""
@@ -134,7 +136,9 @@ class _Recorder:
         if self.measuring:
             self.latencies.append(seconds)
             self.codes[code] += 1
-            if code != "OK" and not self.first_error:
+            if code == "OK":
+                self.answered.append(seconds)
+            elif not self.first_error:
                 self.first_error = f"{code}: {detail}"
 
 
@@ -245,6 +249,8 @@ async def run_load(
     count = len(lat)
     rows = recorder.codes["OK"] * config.batch  # rows answered: a failed request computed nothing
     pct = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if count else {}
+    ok = np.asarray(recorder.answered) * 1000.0
+    ok_pct = {f"p{q}": float(np.percentile(ok, q)) for q in (50, 90, 99)} if len(ok) else {}
     return LoadResult(
         config=asdict(config),
         seconds=seconds,
@@ -253,6 +259,7 @@ async def run_load(
         requests_per_second=count / seconds if seconds > 0 else 0.0,
         rows_per_second=rows / seconds if seconds > 0 else 0.0,
         latency_ms={**pct, "max": float(lat.max()) if count else 0.0, "mean": float(lat.mean()) if count else 0.0},
+        answered_latency_ms=ok_pct,
         codes=dict(recorder.codes),
         skipped_sends=skipped,
         first_error=recorder.first_error,
@@ -274,6 +281,9 @@ def format_result(r: LoadResult) -> str:
     if r.codes:
         lines.append("")
         lines.append("status codes: " + ", ".join(f"{k} {v}" for k, v in sorted(r.codes.items())))
+    if r.errors and r.answered_latency_ms:
+        ok = r.answered_latency_ms
+        lines.append(f"answered (OK) only: p50 {ok['p50']:.3f} ms, p90 {ok['p90']:.3f} ms, p99 {ok['p99']:.3f} ms")
     if r.skipped_sends:
         lines.append(f"sends skipped because the client could not keep up: {r.skipped_sends}")
     return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""The batching queue of one model version: bounded in count and in time.
+
+Each request carries the compute time estimated for it (mdn_serve.serving.costs). `admit`
+refuses at once what is over max_queue_size, and what could not be done within its budget
+(max_queue_seconds, or its deadline if nearer) given the work ahead of it; `take` pops a batch,
+dropping what was cancelled, what passed its deadline and what can no longer be done in time.
+The estimate of the wait is corrected by the queue's pace: the waits measured over the waits
+estimated, since compute threads share the CPUs with each other and the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mdn_serve.errors import DeadlineExpired, QueueFull
+from mdn_serve.metrics import Metrics, fast_observe
+from mdn_serve.serving.costs import Work, WorkCosts
+from mdn_serve.serving.pipeline import Ask, Outputs
+from mdn_serve.serving.repository import ModelRuntime
+
+# The pace (waits measured / waits estimated) learns from requests estimated to wait at
+# least PACE_MIN_AHEAD seconds, PACE_SMOOTHING of the way per request, within PACE_RANGE.
+PACE_MIN_AHEAD = 0.01
+PACE_SMOOTHING = 0.05
+PACE_RANGE = (0.25, 8.0)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_rows: int = 8192
+    max_queue_delay: float = 0.0  # seconds a partial batch may wait for more requests
+    max_queue_size: int = 1024  # requests waiting per model version
+    max_queue_seconds: float = 1.0  # longest a request may wait to start; 0: only its deadline bounds it
+    max_concurrent_batches: int = 2  # batches of one model version computing at once
+    # Batches this small run on the event loop itself: a thread hand-off costs more than the work.
+    inline_rows: int = 64
+
+
+@dataclass(slots=True)
+class QueuedRequest:
+    x: NDArray[np.float32]
+    ask: Ask
+    future: asyncio.Future[Outputs]
+    enqueued: float
+    deadline: float | None  # time.monotonic() after which the caller no longer waits
+    work: Work
+    seconds: float  # the compute time estimated for it when it was queued
+    ahead: float = 0.0  # the seconds of work estimated ahead of it then
+    start_by: float = math.inf  # time.monotonic() by which it must start to be done within its budget
+
+
+class RequestQueue:
+    """The requests waiting for one model version, bounded in count and in time."""
+
+    def __init__(self, runtime: ModelRuntime, metrics: Metrics, config: BatchingConfig) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.config = config
+        self.costs = WorkCosts(runtime)
+        self.requests: collections.deque[QueuedRequest] = collections.deque()
+        self.rows = 0
+        self.seconds = 0.0  # estimated compute seconds of the requests queued
+        # Waits measured over waits estimated (from the work ahead): compute threads share the CPUs
+        # with the event loop and each other, so a second of work ahead rarely clears in a second.
+        self.pace = 1.0
+        labels = (runtime.name, runtime.version)
+        self.depth = metrics.queue_depth.labels(*labels)
+        self._queue_seconds = fast_observe(metrics.queue_seconds.labels(*labels))
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def reject(self, reason: str) -> None:
+        self.metrics.rejections.labels(self.runtime.name, self.runtime.version, reason).inc()
+
+    def admit(self, request: QueuedRequest, ahead: float) -> None:
+        """Queue a request, or refuse it (QueueFull) when the queue is full, or when the `ahead`
+        seconds of work already queued and computing (times the pace measured), and then its own
+        batch, would not be done within its budget: max_queue_seconds, or its deadline if nearer."""
+        name, version = self.runtime.name, self.runtime.version
+        if len(self.requests) >= self.config.max_queue_size:
+            self.reject("queue_full")
+            raise QueueFull(
+                f"model {name!r} version {version} has {len(self.requests)} requests queued, its limit; "
+                "retry with backoff"
+            )
+        limit = self.config.max_queue_seconds or math.inf
+        budget = limit if request.deadline is None else min(limit, request.deadline - request.enqueued)
+        wait = ahead * self.pace
+        # The batch it will run in: itself and what is queued, up to max_batch_rows rows.
+        rows = request.x.shape[0]
+        batch = min(self.seconds + request.seconds, request.seconds * max(1.0, self.config.max_batch_rows / rows))
+        if ahead > 0 and wait + batch > budget:
+            self.reject("queue_time")
+            why = "before its deadline" if budget < limit else f"within the queue-time budget of {limit:g} s"
+            raise QueueFull(
+                f"model {name!r} version {version} is about {wait:.2f} s behind, so this request could not "
+                f"be done {why}; retry with backoff"
+            )
+        request.ahead = ahead
+        request.start_by = request.enqueued + budget - batch
+        self.requests.append(request)
+        self.rows += rows
+        self.seconds += request.seconds
+
+    def take(self, max_rows: int) -> list[QueuedRequest]:
+        """Pop requests up to max_rows (at least one), dropping the ones nobody waits for and the
+        ones that waited past max_queue_seconds."""
+        batch: list[QueuedRequest] = []
+        rows = 0
+        now = time.monotonic()
+        limit = self.config.max_queue_seconds or math.inf
+        while self.requests:
+            request = self.requests[0]
+            n = request.x.shape[0]
+            if batch and rows + n > max_rows:
+                break
+            self.requests.popleft()
+            self.rows -= n
+            self.seconds -= request.seconds
+            if request.future.done():  # cancelled by its caller while queued
+                self.reject("cancelled")
+                continue
+            if request.deadline is not None and now >= request.deadline:
+                self.reject("deadline")
+                request.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
+                continue
+            if now > request.start_by:
+                self.reject("queue_time")
+                request.future.set_exception(
+                    QueueFull(
+                        f"the request waited {now - request.enqueued:.2f} s in the queue and could no longer be done "
+                        f"within its budget ({limit:g} s, or its deadline if nearer); retry with backoff"
+                    )
+                )
+                continue
+            waited = now - request.enqueued
+            self._queue_seconds(waited)
+            if request.ahead > PACE_MIN_AHEAD:
+                ratio = min(max(waited / request.ahead, PACE_RANGE[0]), PACE_RANGE[1])
+                self.pace += PACE_SMOOTHING * (ratio - self.pace)
+            batch.append(request)
+            rows += n
+        if not self.requests:
+            self.seconds = 0.0  # no drift from float sums
+        self.depth.set(len(self.requests))
+        return batch
+
+    def clear(self) -> list[QueuedRequest]:
+        """Empty the queue; what it held."""
+        out = list(self.requests)
+        self.requests.clear()
+        self.rows, self.seconds = 0, 0.0
+        self.depth.set(0)
+        return out
