@@ -322,7 +322,8 @@ def test_sigterm_under_long_work_exits_within_grace_plus_a_second(trained, tmp_p
     from mdn_serve.tools.client import MdnClient
 
     proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--grace-seconds", "1",
-                        "--max-ik-seeds", "20000000", "--max-samples", "20000000")  # fmt: skip
+                        "--max-ik-seeds", "20000000", "--max-samples", "20000000", "--max-response-bytes-in-flight",
+                        str(2**40))  # fmt: skip
     targets = np.tile([[0.6, 0.6]], (8192, 1)).astype(np.float32)
     codes: list[str] = []
 

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mdn_serve.config import Settings, compute_threads
+from mdn_serve.config import CONNECTION_AGE_GRACE_SECONDS, Settings, compute_threads
 from mdn_serve.errors import MdnError
 from mdn_serve.metrics import Metrics
 from mdn_serve.metrics_http import serve_metrics
@@ -51,7 +51,12 @@ class MdnServer:
             max_concurrent_batches=threads,
         )
         self.dataplane = Dataplane(
-            self.metrics, Limits(settings.max_rows, settings.max_samples, settings.max_ik_seeds), threads, batching
+            self.metrics,
+            Limits(
+                settings.max_rows, settings.max_samples, settings.max_ik_seeds, settings.max_response_bytes_in_flight
+            ),
+            threads,
+            batching,
         )
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -63,18 +68,9 @@ class MdnServer:
             refused = self.metrics.unauthenticated.inc
             interceptors.append(BearerTokenInterceptor(read_token(settings.auth_token_file), refused))
         self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", size),
-                ("grpc.max_send_message_length", size),
-                ("grpc.so_reuseport", 1 if settings.share_port else 0),
-                # A connection that never finishes its handshake, or stays idle, is closed; keepalive
-                # pings find peers that went away without closing (half-open connections).
-                ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
-                ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_seconds * 1000)),
-                ("grpc.keepalive_time_ms", 60_000),
-                ("grpc.keepalive_timeout_ms", 20_000),
-            ],
+            options=grpc_options(settings),
             interceptors=interceptors,
+            maximum_concurrent_rpcs=settings.max_concurrent_calls,
         )
         self.health_server: grpc.aio.Server | None = None
         self._providers: list[str] = []
@@ -230,6 +226,24 @@ class MdnServer:
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments: message size, port sharing, and the bounds on connections."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 1 if settings.share_port else 0),
+        # A connection that never finishes its handshake, or stays idle, is closed; keepalive
+        # pings find peers that went away without closing (half-open connections).
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_seconds * 1000)),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_SECONDS * 1000)),
+    ]
 
 
 def create_server(settings: Settings, metrics: Metrics | None = None) -> tuple[MdnServer, int]:

@@ -13,9 +13,11 @@ import tempfile
 from collections.abc import Sequence
 
 from mdn_serve.config import parse_settings
+from mdn_serve.memory import return_freed_memory
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return_freed_memory()  # before any thread starts
     settings = parse_settings(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),

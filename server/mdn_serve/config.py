@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 DEVICES = ("cpu", "cuda", "auto")
+CONNECTION_AGE_GRACE_SECONDS = 30.0  # calls in flight on a connection closed for its age get this long
 
 
 def usable_cpus() -> int:
@@ -38,6 +39,11 @@ class Settings:
     # The default takes 4096 Panda poses at the default seeds (16 components + 32 draws) in one request.
     max_ik_seeds: int = 262_144
     max_message_bytes: int = 64 * 1024 * 1024
+    # Answers computed and not yet delivered (slow or stalled readers hold theirs until their call ends).
+    max_response_bytes_in_flight: int = 128 * 1024 * 1024
+    max_concurrent_streams: int = 256  # calls at once on one connection (HTTP/2 streams)
+    max_concurrent_calls: int = 1024  # calls at once on the whole server; more get RESOURCE_EXHAUSTED
+    max_connection_age_seconds: float = 1800.0  # connections are closed (GOAWAY) after this long, for rebalancing
     handshake_timeout_seconds: float = 10.0  # a connection must finish its TLS/HTTP2 handshake in this time
     max_connection_idle_seconds: float = 300.0  # a connection without calls this long is closed (GOAWAY)
     max_batch_rows: int = 8192  # rows per merged ONNX Runtime call
@@ -107,6 +113,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-samples", int, "largest rows x num_samples per Sample request")
     add("--max-ik-seeds", int, "largest targets x seeds (mixture components, draws, seed_state) per IK request")
     add("--max-message-bytes", int, "largest gRPC message, in and out")
+    add("--max-response-bytes-in-flight", int, "bytes of answers not yet delivered before new calls get "
+        "RESOURCE_EXHAUSTED")  # fmt: skip
+    add("--max-concurrent-streams", int, "calls at once on one client connection (HTTP/2 streams)")
+    add("--max-concurrent-calls", int, "calls at once on the server; more get RESOURCE_EXHAUSTED")
+    add("--max-connection-age-seconds", float, "close connections this old (GOAWAY; calls in flight get "
+        f"{CONNECTION_AGE_GRACE_SECONDS:g} s more), so clients reconnect and load spreads")  # fmt: skip
     add("--handshake-timeout-seconds", float, "close a connection that has not finished its handshake by then")
     add("--max-connection-idle-seconds", float, "close a connection that made no call for this long")
     add("--max-batch-rows", int, "most rows dynamic batching merges into one ONNX Runtime call")
@@ -142,6 +154,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         "max_samples",
         "max_ik_seeds",
         "max_message_bytes",
+        "max_response_bytes_in_flight",
+        "max_concurrent_streams",
+        "max_concurrent_calls",
         "max_batch_rows",
         "max_queue_size",
     ):
@@ -161,7 +176,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             problems.append(f"--{name.replace('_', '-')} {path}: no such file")
     if not -1 <= settings.health_port <= 65535:
         problems.append("--health-port must be in -1..65535")
-    for name in ("handshake_timeout_seconds", "max_connection_idle_seconds"):
+    for name in ("handshake_timeout_seconds", "max_connection_idle_seconds", "max_connection_age_seconds"):
         if not getattr(settings, name) > 0:
             problems.append(f"--{name.replace('_', '-')} must be > 0")
     non_negative = ("intra_op_threads", "inter_op_threads", "compute_threads", "max_queue_delay_ms", "poll_seconds",

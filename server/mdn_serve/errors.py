@@ -31,8 +31,12 @@ class Unavailable(MdnError):
     """The server cannot take the request now (gRPC UNAVAILABLE)."""
 
 
-class QueueFull(MdnError):
-    """The model's request queue is full: load is shed at once (gRPC RESOURCE_EXHAUSTED)."""
+class Overloaded(MdnError):
+    """The server holds as much as its budgets allow: load is shed at once (gRPC RESOURCE_EXHAUSTED)."""
+
+
+class QueueFull(Overloaded):
+    """The model's request queue is full, in count or in time."""
 
 
 class DeadlineExpired(MdnError):

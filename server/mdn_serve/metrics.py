@@ -129,6 +129,16 @@ class Metrics:
             "Calls refused for a missing or wrong bearer token (any method).",
             registry=r,
         )
+        self.response_bytes = Gauge(
+            "mdn_response_bytes_in_flight",
+            "Bytes of answers computed and not yet delivered (held until each call ends).",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.response_refusals = Counter(
+            "mdn_response_budget_refusals",
+            "Calls refused because the answers not yet delivered filled --max-response-bytes-in-flight.",
+            registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "mdn_model_info", "1 for each loaded model version, labelled with the execution provider.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",

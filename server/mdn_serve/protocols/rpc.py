@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from mdn_serve.errors import (
     DeadlineExpired,
@@ -27,7 +27,7 @@ from mdn_serve.errors import (
     LimitExceeded,
     MdnError,
     ModelNotFound,
-    QueueFull,
+    Overloaded,
     Unavailable,
 )
 from mdn_serve.serving.dataplane import Dataplane
@@ -39,7 +39,7 @@ STATUS_OF: dict[type[MdnError], grpc.StatusCode] = {
     LimitExceeded: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
-    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
@@ -78,7 +78,7 @@ class ProtocolAdapter:
 
 S = TypeVar("S", bound=ServicerBase)
 Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+Resp = TypeVar("Resp", bound=Message)
 Handler = Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 
@@ -106,7 +106,7 @@ def handler(method: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Re
         @functools.wraps(fn)
         async def wrapped(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
             dataplane, protocol = self.dataplane, self.protocol
-            metrics = dataplane.metrics
+            metrics, responses = dataplane.metrics, dataplane.responses
             model = self.model_of(request) or "-"
             if model != "-" and (dataplane.repository is None or model not in dataplane.repository.models):
                 model = "unknown"  # keep label cardinality bounded whatever clients send, also while loading
@@ -117,7 +117,16 @@ def handler(method: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Re
             try:
                 if not dataplane.accepting:
                     raise Unavailable("the server is shutting down; retry on another replica")
-                return await fn(self, request, context)
+                call = responses.open_call()
+                try:
+                    response = await fn(self, request, context)
+                except BaseException:
+                    call.close()
+                    raise
+                # Held until the call ends: a client that does not read its answer keeps it in memory.
+                call.settle(response.ByteSize())
+                context.add_done_callback(lambda _: call.close())
+                return response
             except MdnError as exc:
                 code = status_for(exc)
                 await context.abort(code, str(exc))
@@ -143,7 +152,7 @@ def handler(method: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Re
 
 
 def add_service(server: grpc.aio.Server, servicer: ServicerBase, service: ServiceDescriptor) -> None:
-    """Register servicer's methods for `service`, parsing requests ourselves.
+    """Register servicer's methods for `service`, parsing requests and serializing answers ourselves.
 
     gRPC's generated registration parses each request before our code runs and answers a
     message that does not parse with INTERNAL; here a malformed message is the client's mistake
@@ -153,9 +162,7 @@ def add_service(server: grpc.aio.Server, servicer: ServicerBase, service: Servic
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(servicer, method.name, request_class),
-            request_deserializer=None,
-            response_serializer=lambda message: message.SerializeToString(),
+            _parsing(servicer, method.name, request_class), request_deserializer=None, response_serializer=None
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
@@ -177,6 +184,9 @@ def _parsing(
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request_class.DESCRIPTOR.full_name}"
             )
-        return await bound(request, context)
+        # Serialized here, so that the message is freed at once: gRPC keeps only the bytes (and its
+        # own copy of them) until the call ends.
+        response: bytes = (await bound(request, context)).SerializeToString()
+        return response
 
     return handle

@@ -23,6 +23,7 @@ from mdn_serve.serving.batching import DynamicBatcher
 from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, IkSpec, Outputs, SampleSpec
 from mdn_serve.serving.queue import BatchingConfig
 from mdn_serve.serving.repository import ModelRepository, ModelRuntime
+from mdn_serve.serving.responses import ResponseBudget
 
 __all__ = ["Ask", "Dataplane", "IkSpec", "Limits", "Outputs", "SampleSpec"]
 
@@ -34,6 +35,7 @@ class Limits:
     max_rows: int = 8192
     max_samples: int = 1_000_000
     max_ik_seeds: int = 262_144
+    max_response_bytes_in_flight: int = 128 * 2**20
 
 
 class Dataplane:
@@ -49,6 +51,7 @@ class Dataplane:
         self.batching = batching or BatchingConfig(max_concurrent_batches=compute_threads)
         self.repository: ModelRepository | None = None
         self.accepting = True  # False once shutdown has begun: new calls get UNAVAILABLE
+        self.responses = ResponseBudget(limits.max_response_bytes_in_flight, metrics)
         self._retiring: dict[asyncio.Future[None], DynamicBatcher] = {}
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=compute_threads, thread_name_prefix="mdn-compute")
@@ -224,8 +227,24 @@ class Dataplane:
             self._check_sampling(ask.sampling, x.shape[0])
         if ask.max_modes is not None and ask.max_modes < 0:
             raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {ask.max_modes}")
+        self.responses.reserve(answer_bytes(runtime, x.shape[0], ask))
         self.metrics.observer(self.metrics.rows, method, runtime.name)(x.shape[0])
         batcher = self._batchers.get((runtime.name, runtime.version))
         if batcher is None:  # unloaded by a reload since it was resolved
             raise ModelNotFound(f"model {runtime.name!r} version {runtime.version} was just unloaded; retry")
         return runtime, await batcher.submit(x, ask, deadline)
+
+
+def answer_bytes(runtime: ModelRuntime, rows: int, ask: Ask) -> float:
+    """The most bytes of tensors the answer to a request can carry (4 bytes a value)."""
+    k, d = runtime.metadata.components, runtime.output_dim
+    values = rows * k * (1 + 2 * d)  # the mixture
+    if ask.sampling is not None:
+        values += rows * ask.sampling.num_samples * d
+    if ask.max_modes is not None:
+        values += rows * (min(k, ask.max_modes or k) * (d + 2) + 1)
+    chain = runtime.metadata.chain
+    if ask.ik is not None and chain is not None:
+        seeds = ask.ik.seeds_per_target(chain, k)
+        values += rows * (min(seeds, ask.ik.max_solutions or seeds) * (chain.num_joints + 6) + 2)
+    return 4.0 * values
