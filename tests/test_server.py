@@ -313,19 +313,23 @@ def test_raw_request_bytes_are_little_endian_float32(stub):
 
 
 @pytest.mark.parametrize(
-    ("ref", "message"),
+    ("ref", "code", "message"),
     [
-        (pb.ModelRef(name="m" * 10_000), "unknown model 'mmmm"),
-        (pb.ModelRef(name=ARM, version="9" * 5_000), "has no version '9999"),
-        (pb.ModelRef(name=ARM, version="0001"), None),
+        (pb.ModelRef(name="m" * 10_000), "INVALID_ARGUMENT", "model name 'mmmm"),
+        (pb.ModelRef(name="m" * 256), "NOT_FOUND", "unknown model 'mmmm"),
+        (pb.ModelRef(name=ARM, version="9" * 5_000), "INVALID_ARGUMENT", "version '9999"),
+        (pb.ModelRef(name=ARM, version="latest"), "INVALID_ARGUMENT", "is not a version number"),
+        (pb.ModelRef(name=ARM, version="-1"), "INVALID_ARGUMENT", "is not a version number"),
+        (pb.ModelRef(name=ARM, version="9" * 18), "NOT_FOUND", "has no version '9999"),
+        (pb.ModelRef(name=ARM, version="0001"), "OK", None),
     ],
 )
-def test_huge_names_and_versions_get_short_not_found_messages(stub, ref, message):
+def test_huge_or_malformed_names_and_versions_get_short_messages(stub, ref, code, message):
     request = pb.PredictRequest(model=ref, inputs=raw_tensor([[0.6, 0.6]]))
     if message is None:  # leading zeros name the same version
         assert stub.Predict(request, timeout=10).model.version == "1"
         return
     with pytest.raises(grpc.RpcError) as info:
         stub.Predict(request, timeout=10)
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.code().name == code
     assert message in info.value.details() and len(info.value.details()) < 300

@@ -17,7 +17,7 @@ from mdn_core.contract import MODEL_FILENAME, ContractError, ModelMetadata
 from mdn_core.model import CPU, CUDA, LoadedModel, Mixture, load_model
 from numpy.typing import NDArray
 
-from mdn_serve.errors import ModelLoadError, ModelNotFound
+from mdn_serve.errors import InvalidInput, ModelLoadError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ def choose_providers(device: str) -> list[str]:
 
 
 SHOWN_CHARACTERS = 64
+MAX_NAME_CHARACTERS = 256  # longer model names are refused (INVALID_ARGUMENT), not looked up
+MAX_VERSION_DIGITS = 18  # versions are whole numbers of at most this many digits
 
 
 def _shown(text: str) -> str:
@@ -222,13 +224,21 @@ class ModelRepository:
             raise ModelNotFound(f"no model name given; models: {', '.join(sorted(self.models))}")
         if not version and (latest := self._latest.get(name)) is not None:
             return latest
+        if len(name) > MAX_NAME_CHARACTERS:
+            raise InvalidInput(
+                f"model name {_shown(name)} is over {MAX_NAME_CHARACTERS} characters; models: "
+                f"{', '.join(sorted(self.models))}"
+            )
+        key = version.lstrip("0") or "0" if version.isascii() and version.isdigit() else ""  # "007" is 7
+        if version and not (key and len(key) <= MAX_VERSION_DIGITS):
+            raise InvalidInput(
+                f"version {_shown(version)} is not a version number (a whole number, or empty for the latest)"
+            )
         entry = self.models.get(name)
         if entry is None:
             raise ModelNotFound(f"unknown model {_shown(name)}; models: {', '.join(sorted(self.models))}")
         if not version:
             return entry.latest
-        digits = version.isascii() and version.isdigit()
-        key = (version.lstrip("0") or "0") if digits else version  # "007" is 7; no int() of 5,000 digits
         runtime = entry.versions.get(key)
         if runtime is None:
             raise ModelNotFound(
