@@ -328,7 +328,8 @@ def test_a_solve_whose_deadline_passed_stops_and_frees_the_compute_thread(traine
             client.timeout = 30.0
             client.predict("two_link_arm", targets[:1])  # waits for the one compute thread
             waited = time.monotonic() - start
-        # Unstopped, the solve would hold the thread for the whole of its work (8 s and more here).
-        assert waited < 3.0, waited
+        # Unstopped, the solve would hold the thread for the whole of its work (8 s and more here);
+        # stopped, the thread is free within a chunk of the 0.3 s deadline (the rest is the Predict).
+        assert waited < 0.3 + 0.15, waited
     finally:
         running.stop()
