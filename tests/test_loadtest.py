@@ -69,6 +69,9 @@ def test_bench_smoke_writes_its_report(trained, tmp_path):
     names = [t["target"] for t in report["targets"]]
     assert sum(name.startswith("Predict batch 1, 32 clients") for name in names) == 2
     assert "start to SERVING, seconds" in names
+    overload = report["overload"]  # every code is OK or a refusal, and goodput is measured
+    assert set(overload["overload_codes"]) <= {"OK", "RESOURCE_EXHAUSTED"} and overload["goodput_rows_per_second"] > 0
+    assert any("goodput vs capacity" in name for name in names)
     if len(os.sched_getaffinity(0)) >= 2:
         assert report["placement"].startswith("servers on CPU ")
     assert report["rss_mb_after_start"] > 10 and report["start_to_serving_seconds"] > 0

@@ -17,7 +17,11 @@ def _find(results: list[dict[str, Any]], rpc: str, batch: int, concurrency: int)
 
 
 def targets(
-    results: list[dict[str, Any]], tuned: list[dict[str, Any]], start_seconds: float, rss_mb: float
+    results: list[dict[str, Any]],
+    tuned: list[dict[str, Any]],
+    start_seconds: float,
+    rss_mb: float,
+    overload: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
@@ -38,6 +42,11 @@ def targets(
     modes, predict = _find(results, "modes", 1024, 1), _find(results, "predict", 1024, 1)
     ratio = modes["ours"]["latency_ms"]["p50"] / predict["ours"]["latency_ms"]["p50"] if modes and predict else None
     check("Modes batch 1024: p50 latency vs Predict batch 1024 (1 client)", ratio, "<=", 3.0)
+    if overload:
+        name = f"Modes batch {overload['batch']} at {overload['factor']:g}x capacity: goodput vs capacity"
+        check(name, overload["goodput_vs_capacity"], ">=", 0.8)
+        name = f"... answered p99, ms (bound: 2x the unloaded p99 {overload['unloaded_p99_ms']:.1f} ms + 1 s budget)"
+        check(name, overload["answered_p99_ms"], "<=", round(overload["p99_bound_ms"], 1))
     check("server RSS with the models loaded, MB", rss_mb, "<=", 200.0)
     check("start to SERVING, seconds", start_seconds, "<=", 2.0)
     return checks
@@ -102,6 +111,17 @@ def render(report: dict[str, Any]) -> str:
                 f"| {e['model']} | {e['batch']} | {e['requests_per_second']:.0f} | {e['solutions_per_second']:.0f} | "
                 f"{e['latency_ms'].get('p50', 0):.2f} | {e['vs_in_process']:.2f} |"
             )
+    if report.get("overload"):
+        o = report["overload"]
+        codes = ", ".join(f"{k} {v}" for k, v in sorted(o["overload_codes"].items()))
+        lines += [
+            "",
+            f"Overload: Modes batch {o['batch']}, one client, then eight clients in a closed loop (the "
+            f"capacity), then an open loop at {o['factor']:g}x that capacity ({o['overload_rate']:.0f} requests/s): "
+            f"capacity {o['capacity_rows_per_second']:.0f} rows/s, goodput {o['goodput_rows_per_second']:.0f} rows/s "
+            f"({o['goodput_vs_capacity']:.2f}), answered p99 {o['answered_p99_ms'] or 0:.0f} ms against an unloaded "
+            f"p99 of {o['unloaded_p99_ms']:.1f} ms; status codes: {codes}.",
+        ]
     lines += ["", "| target | value | bound | met |", "|---|---|---|---|"]
     for t in report["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3g}"

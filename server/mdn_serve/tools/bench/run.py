@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from mdn_serve.tools.bench.ceilings import Placement, _serve_noop, canned_responses, onnx_ceiling
 from mdn_serve.tools.bench.ik import IK_BATCHES, IK_MODEL, measure_ik
+from mdn_serve.tools.bench.overload import OVERLOAD_BATCH, OVERLOAD_FACTOR, measure_overload
 from mdn_serve.tools.bench.points import HEADLINE, Point
 from mdn_serve.tools.bench.report import targets
 from mdn_serve.tools.bench.servers import start_server
@@ -110,6 +111,7 @@ def _run_bench(
     tuned_args = [*server_args, "--max-queue-delay-ms", f"{tuned_delay_ms:g}"]
     rss_tuned = 0.0
     ik: list[dict[str, Any]] = []
+    overload: dict[str, Any] = {}
     context = mp.get_context("spawn")
     noop: Any = None
     try:
@@ -122,6 +124,8 @@ def _run_bench(
             print(f"{point.label}: mdn-serve, then the no-op server ...", flush=True)
             n = repeats if point == HEADLINE else 1
             results.append(measure(f"127.0.0.1:{server.port}", noop_target, model, point, seconds, info, n))
+        print(f"Modes batch {OVERLOAD_BATCH} at {OVERLOAD_FACTOR:g}x capacity (open loop) ...", flush=True)
+        overload = measure_overload(f"127.0.0.1:{server.port}", model, seconds, info)
         if (models / IK_MODEL).is_dir():
             print(f"Solve on {IK_MODEL}, batch {', '.join(map(str, IK_BATCHES))}, then in-process ...", flush=True)
             ik = measure_ik(f"127.0.0.1:{server.port}", models, seconds)
@@ -163,7 +167,8 @@ def _run_bench(
         "results": results,
         "tuned_results": tuned,
         "ik_results": ik,
-        "targets": targets(results, tuned, start_seconds, max(rss_start, rss_end, rss_tuned)),
+        "overload": overload,
+        "targets": targets(results, tuned, start_seconds, max(rss_start, rss_end, rss_tuned), overload),
     }  # fmt: skip
 
 

@@ -1,0 +1,45 @@
+"""The overload point of `make bench`: open-loop Modes at four times what the server can do.
+
+Three runs against the same server: one client (the unloaded latency), eight clients in a closed
+loop (the capacity), then requests sent at four times that rate whatever happens (open loop).
+Goodput is the rows answered OK per second under overload over the capacity; the answered p99
+is compared with twice the unloaded p99 plus the queue-time budget (--max-queue-seconds, 1 s
+by default), the bound a time-bounded queue should keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+from mdn_serve.serving.queue import BatchingConfig
+from mdn_serve.tools.loadtest import LoadConfig, run_load
+
+OVERLOAD_BATCH = 512
+OVERLOAD_FACTOR = 4.0
+CAPACITY_CLIENTS = 8
+
+
+def measure_overload(target: str, model: str, seconds: float, info: tuple[dict[str, Any], int]) -> dict[str, Any]:
+    base = LoadConfig(target=target, model=model, rpc="modes", batch=OVERLOAD_BATCH, duration=seconds, warmup=0.5,
+                      timeout=10.0)  # fmt: skip
+    unloaded = asyncio.run(run_load(replace(base, concurrency=1), model_info=info))
+    capacity = asyncio.run(run_load(replace(base, concurrency=CAPACITY_CLIENTS), model_info=info))
+    rate = OVERLOAD_FACTOR * capacity.requests_per_second
+    overload = asyncio.run(run_load(replace(base, rate=rate), model_info=info))
+    budget_ms = 1000.0 * BatchingConfig().max_queue_seconds
+    return {
+        "rpc": "modes",
+        "batch": OVERLOAD_BATCH,
+        "factor": OVERLOAD_FACTOR,
+        "capacity_requests_per_second": capacity.requests_per_second,
+        "capacity_rows_per_second": capacity.rows_per_second,
+        "unloaded_p99_ms": unloaded.latency_ms.get("p99", 0.0),
+        "overload_rate": rate,
+        "overload_codes": overload.codes,
+        "goodput_rows_per_second": overload.rows_per_second,
+        "goodput_vs_capacity": overload.rows_per_second / capacity.rows_per_second if capacity.rows_per_second else 0.0,
+        "answered_p99_ms": overload.answered_latency_ms.get("p99"),
+        "p99_bound_ms": 2 * unloaded.latency_ms.get("p99", 0.0) + budget_ms,
+    }
