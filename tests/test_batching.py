@@ -322,3 +322,14 @@ def test_the_queue_is_bounded_in_time_by_the_work_ahead(runtime):
     assert asyncio.run(run()) < 0.05
     assert value(metrics, "mdn_rejected_requests_total", reason="queue_time") == 2
     executor.shutdown()
+
+
+def test_a_request_alone_is_served_even_when_its_estimate_is_over_the_budget(runtime):
+    executor = ThreadPoolExecutor(1)
+    batcher, metrics = make(runtime, executor, max_concurrent_batches=1, max_queue_seconds=1.0)
+    batcher.costs.record("modes", 5.0, 1)  # as if measured: far over the budget for one row
+    x = np.full((1, 2), 0.6, np.float32)
+    out = asyncio.run(batcher.submit(x, Ask(max_modes=0)))
+    assert out.modes is not None and out.modes.num_modes[0] >= 1
+    assert value(metrics, "mdn_rejected_requests_total", reason="queue_time") == 0
+    executor.shutdown()

@@ -105,7 +105,9 @@ class RequestQueue:
                 f"be done {why}; retry with backoff"
             )
         request.ahead = ahead
-        request.start_by = request.enqueued + budget - batch
+        # It must start in time to be done within its budget; one with nothing ahead of it (whose
+        # batch alone may take longer) is served however long it takes, and waits its budget at most.
+        request.start_by = request.enqueued + (budget - batch if ahead > 0 else budget)
         self.requests.append(request)
         self.rows += rows
         self.seconds += request.seconds
