@@ -69,6 +69,10 @@ def test_bench_smoke_writes_its_report(trained, tmp_path):
     names = [t["target"] for t in report["targets"]]
     assert sum(name.startswith("Predict batch 1, 32 clients") for name in names) == 2
     assert "start to SERVING, seconds" in names
+    from mdn_serve.config import Settings
+    from mdn_serve.tools.bench.overload import QUEUE_BUDGET_SECONDS
+
+    assert Settings().max_queue_seconds == QUEUE_BUDGET_SECONDS  # the bound the report uses is the server's
     overload = report["overload"]  # every code is OK or a refusal, and goodput is measured
     assert set(overload["overload_codes"]) <= {"OK", "RESOURCE_EXHAUSTED"} and overload["goodput_rows_per_second"] > 0
     assert any("goodput vs capacity" in name for name in names)

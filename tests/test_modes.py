@@ -183,7 +183,7 @@ def test_the_search_runs_in_chunks_that_give_the_same_answer_and_can_be_stopped(
         w[i, : len(wi)], m[i, : len(wi)], s[i, : len(wi)] = wi, mi, si
     whole = mixture_modes(w, m, s)
     monkeypatch.setattr(modes_module, "MIN_CHUNK_ROWS", 1)
-    monkeypatch.setattr(modes_module, "CHUNK_WORK", 7 * k * 2)  # chunks of 7 rows
+    monkeypatch.setattr(modes_module, "CHUNK_WORK", 7 * k * k * 2)  # chunks of 7 rows
     chunked = mixture_modes(w, m, s)
     assert chunked.num_modes.tolist() == whole.num_modes.tolist()
     for name in ("modes", "log_density", "mass"):  # the same to float32 rounding (vector loops differ by length)

@@ -154,6 +154,7 @@ class DynamicBatcher:
 
     def _computed(self, batch: list[QueuedRequest], running: asyncio.Future[_Results]) -> None:
         self._computing.pop(running, None)
+        self._queue.learn(batch)
         if running.cancelled():
             _deliver(batch, None, Unavailable("the model version was unloaded while computing; retry"))
         elif (error := running.exception()) is not None:

@@ -4,8 +4,8 @@ Each request carries the compute time estimated for it (mdn_serve.serving.costs)
 refuses at once what is over max_queue_size, and what could not be done within its budget
 (max_queue_seconds, or its deadline if nearer) given the work ahead of it; `take` pops a batch,
 dropping what was cancelled, what passed its deadline and what can no longer be done in time.
-The estimate of the wait is corrected by the queue's pace: the waits measured over the waits
-estimated, since compute threads share the CPUs with each other and the event loop.
+The estimates are corrected by the queue's pace: the times from queueing to answer measured over
+those estimated, since compute threads share the CPUs with each other and the event loop.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from mdn_serve.serving.costs import Work, WorkCosts
 from mdn_serve.serving.pipeline import Ask, Outputs
 from mdn_serve.serving.repository import ModelRuntime
 
-# The pace (waits measured / waits estimated) learns from requests estimated to wait at
-# least PACE_MIN_AHEAD seconds, PACE_SMOOTHING of the way per request, within PACE_RANGE.
-PACE_MIN_AHEAD = 0.01
+# The pace (times to answer measured / estimated) learns from requests estimated to take at
+# least PACE_MIN_SECONDS seconds, PACE_SMOOTHING of the way per request, within PACE_RANGE.
+PACE_MIN_SECONDS = 0.01
 PACE_SMOOTHING = 0.05
 PACE_RANGE = (0.25, 8.0)
 
@@ -52,7 +52,7 @@ class QueuedRequest:
     deadline: float | None  # time.monotonic() after which the caller no longer waits
     work: Work
     seconds: float  # the compute time estimated for it when it was queued
-    ahead: float = 0.0  # the seconds of work estimated ahead of it then
+    estimate: float = 0.0  # seconds from queueing to answer estimated then (before the pace)
     start_by: float = math.inf  # time.monotonic() by which it must start to be done within its budget
 
 
@@ -67,8 +67,9 @@ class RequestQueue:
         self.requests: collections.deque[QueuedRequest] = collections.deque()
         self.rows = 0
         self.seconds = 0.0  # estimated compute seconds of the requests queued
-        # Waits measured over waits estimated (from the work ahead): compute threads share the CPUs
-        # with the event loop and each other, so a second of work ahead rarely clears in a second.
+        # Time from queueing to answer measured, over the time estimated (the work ahead, then its
+        # batch): compute threads share the CPUs with the event loop and each other, so a second of
+        # estimated work rarely takes just a second.
         self.pace = 1.0
         labels = (runtime.name, runtime.version)
         self.depth = metrics.queue_depth.labels(*labels)
@@ -82,8 +83,8 @@ class RequestQueue:
 
     def admit(self, request: QueuedRequest, ahead: float) -> None:
         """Queue a request, or refuse it (QueueFull) when the queue is full, or when the `ahead`
-        seconds of work already queued and computing (times the pace measured), and then its own
-        batch, would not be done within its budget: max_queue_seconds, or its deadline if nearer."""
+        seconds of work already queued and computing, and then its own batch, times the pace
+        measured, would not be done within its budget: max_queue_seconds, or its deadline if nearer."""
         name, version = self.runtime.name, self.runtime.version
         if len(self.requests) >= self.config.max_queue_size:
             self.reject("queue_full")
@@ -93,10 +94,10 @@ class RequestQueue:
             )
         limit = self.config.max_queue_seconds or math.inf
         budget = limit if request.deadline is None else min(limit, request.deadline - request.enqueued)
-        wait = ahead * self.pace
         # The batch it will run in: itself and what is queued, up to max_batch_rows rows.
         rows = request.x.shape[0]
         batch = min(self.seconds + request.seconds, request.seconds * max(1.0, self.config.max_batch_rows / rows))
+        wait, batch = ahead * self.pace, batch * self.pace
         if ahead > 0 and wait + batch > budget:
             self.reject("queue_time")
             why = "before its deadline" if budget < limit else f"within the queue-time budget of {limit:g} s"
@@ -104,7 +105,7 @@ class RequestQueue:
                 f"model {name!r} version {version} is about {wait:.2f} s behind, so this request could not "
                 f"be done {why}; retry with backoff"
             )
-        request.ahead = ahead
+        request.estimate = ahead + batch / self.pace
         # It must start in time to be done within its budget; one with nothing ahead of it (whose
         # batch alone may take longer) is served however long it takes, and waits its budget at most.
         request.start_by = request.enqueued + (budget - batch if ahead > 0 else budget)
@@ -143,17 +144,21 @@ class RequestQueue:
                     )
                 )
                 continue
-            waited = now - request.enqueued
-            self._queue_seconds(waited)
-            if request.ahead > PACE_MIN_AHEAD:
-                ratio = min(max(waited / request.ahead, PACE_RANGE[0]), PACE_RANGE[1])
-                self.pace += PACE_SMOOTHING * (ratio - self.pace)
+            self._queue_seconds(now - request.enqueued)
             batch.append(request)
             rows += n
         if not self.requests:
             self.seconds = 0.0  # no drift from float sums
         self.depth.set(len(self.requests))
         return batch
+
+    def learn(self, done: list[QueuedRequest]) -> None:
+        """A batch was computed: how long its requests took from queueing, against the estimate."""
+        now = time.monotonic()
+        for request in done:
+            if request.estimate > PACE_MIN_SECONDS:
+                ratio = min(max((now - request.enqueued) / request.estimate, PACE_RANGE[0]), PACE_RANGE[1])
+                self.pace += PACE_SMOOTHING * (ratio - self.pace)
 
     def clear(self) -> list[QueuedRequest]:
         """Empty the queue; what it held."""

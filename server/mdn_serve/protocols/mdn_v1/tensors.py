@@ -7,6 +7,7 @@ from numpy.typing import NDArray
 
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve.errors import InvalidInput
+from mdn_serve.protocols.packed import extend_floats
 from mdn_serve.protocols.shapes import element_count
 
 _LE_FLOAT32 = np.dtype("<f4")
@@ -46,4 +47,4 @@ def write_tensor(dest: pb.Tensor, array: NDArray[np.floating], raw: bool) -> Non
     if raw:
         dest.raw = data.tobytes()
     else:
-        dest.values.extend(data.ravel().tolist())
+        extend_floats(dest, "values", data)

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from mdn_serve import __version__
 from mdn_serve._proto.inference import grpc_service_pb2 as pb
 from mdn_serve.errors import InvalidInput
+from mdn_serve.protocols.packed import extend_floats
 from mdn_serve.protocols.shapes import element_count
 from mdn_serve.serving.dataplane import Ask, IkSpec, Outputs, SampleSpec
 from mdn_serve.serving.repository import ModelRuntime
@@ -326,7 +327,7 @@ def infer_response(
         elif spec.datatype == "BYTES":
             tensor.contents.bytes_contents.extend(s.encode() for s in array.ravel())
         else:
-            tensor.contents.fp32_contents.extend(array.ravel().tolist())
+            extend_floats(tensor.contents, "fp32_contents", array)
     return response
 
 
