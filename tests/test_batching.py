@@ -311,7 +311,10 @@ def test_the_queue_is_bounded_in_time_by_the_work_ahead(runtime):
         with pytest.raises(QueueFull, match="before its deadline"):
             await batcher.submit(x, deadline=time.monotonic() + 0.5)
         refused_in = time.perf_counter() - start
+        with pytest.raises(QueueFull, match="more than the queue-time budget of 1 s"):
+            batcher.shed()  # the early check, before a request is decoded: the work ahead alone is too much
         budget(0.0)  # the deadline only
+        batcher.shed()  # no budget: nothing to shed early
         patient = asyncio.ensure_future(batcher.submit(x, deadline=time.monotonic() + 30))
         await asyncio.sleep(0.05)
         assert not patient.done()
@@ -320,7 +323,7 @@ def test_the_queue_is_bounded_in_time_by_the_work_ahead(runtime):
         return refused_in
 
     assert asyncio.run(run()) < 0.05
-    assert value(metrics, "mdn_rejected_requests_total", reason="queue_time") == 2
+    assert value(metrics, "mdn_rejected_requests_total", reason="queue_time") == 3
     executor.shutdown()
 
 

@@ -57,6 +57,10 @@ class ServicerBase:
     def model_of(request: Any) -> str:
         raise NotImplementedError
 
+    @staticmethod
+    def version_of(request: Any) -> str:
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class ServiceBinding:
@@ -95,8 +99,12 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def handler(method: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
+def handler(method: str, sheds: bool = False) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
     """Times the call, counts it by status code, and turns exceptions into gRPC statuses.
+
+    sheds: an inference method, refused before its inputs are even decoded when its model's queue
+    is too far behind for any request to be done within the queue-time budget (turning requests
+    away is most of the work an overloaded server does, so it must cost little).
 
     Our own errors carry a message for the client; anything else is INTERNAL with a
     generic message, and the traceback goes to the log only.
@@ -117,6 +125,8 @@ def handler(method: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Re
             try:
                 if not dataplane.accepting:
                     raise Unavailable("the server is shutting down; retry on another replica")
+                if sheds:
+                    dataplane.shed(self.model_of(request), self.version_of(request))
                 call = responses.open_call()
                 try:
                     response = await fn(self, request, context)

@@ -89,6 +89,11 @@ class DynamicBatcher:
             future.cancel()  # a batch not yet taken skips it
             raise
 
+    def shed(self) -> None:
+        """Refuse at once (QueueFull) when the work ahead alone passes the queue-time budget: then no
+        request, whatever its size or deadline, could be admitted."""
+        self._queue.shed(self.seconds_ahead(time.monotonic()))
+
     def seconds_ahead(self, now: float) -> float:
         """Estimated seconds until a request queued now starts: the work queued and what is left of
         the batches computing, shared by the compute slots."""

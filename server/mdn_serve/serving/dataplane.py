@@ -17,7 +17,7 @@ from mdn_core.chain import TARGET_NAMES, target_features
 from mdn_core.ik import default_draws
 from numpy.typing import NDArray
 
-from mdn_serve.errors import InvalidInput, LimitExceeded, ModelNotFound, Unavailable
+from mdn_serve.errors import InvalidInput, LimitExceeded, MdnError, ModelNotFound, Unavailable
 from mdn_serve.metrics import Metrics
 from mdn_serve.serving.batching import DynamicBatcher
 from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, IkSpec, Outputs, SampleSpec
@@ -105,6 +105,21 @@ class Dataplane:
     def resolve(self, name: str, version: str) -> ModelRuntime:
         return self.models().get(name, version)
 
+    def shed(self, name: str, version: str) -> None:
+        """Raise QueueFull when the model version's queue is so far behind that the batcher would
+        refuse any request (see DynamicBatcher.shed); anything else (no such model, say) is left
+        for the request's own path to report."""
+        repository = self.repository
+        if repository is None:
+            return
+        try:
+            runtime = repository.get(name, version)
+        except MdnError:
+            return
+        batcher = self._batchers.get((runtime.name, runtime.version))
+        if batcher is not None:
+            batcher.shed()
+
     def check_inputs(self, runtime: ModelRuntime, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """Raise InvalidInput / LimitExceeded for a shape the model cannot take."""
         if x.ndim != 2:
@@ -122,22 +137,6 @@ class Dataplane:
             )
         # NaN and infinite values are looked for once per batch, by the batcher.
         return np.ascontiguousarray(x, dtype=np.float32)
-
-    def _check_sampling(self, spec: SampleSpec, rows: int) -> None:
-        if spec.num_samples < 1:
-            raise InvalidInput(f"num_samples must be >= 1, got {spec.num_samples}")
-        t = spec.temperature
-        if math.isnan(t) or t < 0 or math.isinf(t):
-            raise InvalidInput(f"temperature must be a finite number >= 0 (0 means 1.0), got {t}")
-        s = spec.scale_temperature
-        if s is not None and not (math.isfinite(s) and s >= 0):
-            raise InvalidInput(f"scale_temperature must be a finite number >= 0 (0: draws at the means), got {s}")
-        total = rows * spec.num_samples
-        if total > self.limits.max_samples:
-            raise LimitExceeded(
-                f"{rows} rows x {spec.num_samples} samples = {total} is over this server's limit of "
-                f"{self.limits.max_samples} samples per request; ask for fewer"
-            )
 
     def _prepare_ik(
         self, runtime: ModelRuntime, spec: IkSpec, targets: NDArray[np.float32]
@@ -224,7 +223,7 @@ class Dataplane:
             ask = replace(ask, ik=spec)
         x = self.check_inputs(runtime, x)
         if ask.sampling is not None:
-            self._check_sampling(ask.sampling, x.shape[0])
+            check_sampling(ask.sampling, x.shape[0], self.limits)
         if ask.max_modes is not None and ask.max_modes < 0:
             raise InvalidInput(f"max_modes must be >= 0 (0 means all), got {ask.max_modes}")
         self.responses.reserve(answer_bytes(runtime, x.shape[0], ask))
@@ -233,6 +232,24 @@ class Dataplane:
         if batcher is None:  # unloaded by a reload since it was resolved
             raise ModelNotFound(f"model {runtime.name!r} version {runtime.version} was just unloaded; retry")
         return runtime, await batcher.submit(x, ask, deadline)
+
+
+def check_sampling(spec: SampleSpec, rows: int, limits: Limits) -> None:
+    """Raise InvalidInput / LimitExceeded for sampling options out of range."""
+    if spec.num_samples < 1:
+        raise InvalidInput(f"num_samples must be >= 1, got {spec.num_samples}")
+    t = spec.temperature
+    if math.isnan(t) or t < 0 or math.isinf(t):
+        raise InvalidInput(f"temperature must be a finite number >= 0 (0 means 1.0), got {t}")
+    s = spec.scale_temperature
+    if s is not None and not (math.isfinite(s) and s >= 0):
+        raise InvalidInput(f"scale_temperature must be a finite number >= 0 (0: draws at the means), got {s}")
+    total = rows * spec.num_samples
+    if total > limits.max_samples:
+        raise LimitExceeded(
+            f"{rows} rows x {spec.num_samples} samples = {total} is over this server's limit of "
+            f"{limits.max_samples} samples per request; ask for fewer"
+        )
 
 
 def answer_bytes(runtime: ModelRuntime, rows: int, ask: Ask) -> float:

@@ -113,6 +113,16 @@ class RequestQueue:
         self.rows += rows
         self.seconds += request.seconds
 
+    def shed(self, ahead: float) -> None:
+        """Refuse (QueueFull) when `ahead` seconds of work, times the pace, pass max_queue_seconds."""
+        limit = self.config.max_queue_seconds
+        if limit and ahead * self.pace > limit:
+            self.reject("queue_time")
+            raise QueueFull(
+                f"model {self.runtime.name!r} version {self.runtime.version} is about {ahead * self.pace:.2f} s "
+                f"behind, more than the queue-time budget of {limit:g} s; retry with backoff"
+            )
+
     def take(self, max_rows: int) -> list[QueuedRequest]:
         """Pop requests up to max_rows (at least one), dropping the ones nobody waits for and the
         ones that waited past max_queue_seconds."""

@@ -25,6 +25,12 @@ def model_name(request: object) -> str:
     return ref.name if isinstance(ref, pb.ModelRef) else ""
 
 
+def model_version(request: object) -> str:
+    """The version a request names, or "" (the latest)."""
+    ref = getattr(request, "model", None)
+    return ref.version if isinstance(ref, pb.ModelRef) else ""
+
+
 def decode_inputs(
     request: pb.PredictRequest | pb.SampleRequest | pb.ModesRequest, max_elements: int
 ) -> tuple[NDArray[np.float32], bool]:

@@ -18,6 +18,7 @@ PROTOCOL = "mdn.v1"
 class _Base(ServicerBase):
     protocol = PROTOCOL
     model_of = staticmethod(codec.model_name)
+    version_of = staticmethod(codec.model_version)
 
 
 class MdnServicer(_Base):
@@ -31,21 +32,21 @@ class MdnServicer(_Base):
         runtime = self.dataplane.resolve(request.model.name, request.model.version)
         return codec.model_info(runtime, self.dataplane.models().entry(runtime.name).version_list)
 
-    @handler("Predict")
+    @handler("Predict", sheds=True)
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         x, raw = codec.decode_inputs(request, self.max_elements)
         ref = request.model
         runtime, out = await self.dataplane.infer("Predict", ref.name, ref.version, x, deadline=deadline_of(context))
         return codec.predict_response(runtime, out, raw)
 
-    @handler("Sample")
+    @handler("Sample", sheds=True)
     async def Sample(self, request: pb.SampleRequest, context: grpc.aio.ServicerContext) -> pb.SampleResponse:
         x, raw = codec.decode_inputs(request, self.max_elements)
         ask, ref = codec.sample_ask(request), request.model
         runtime, out = await self.dataplane.infer("Sample", ref.name, ref.version, x, ask, deadline_of(context))
         return codec.sample_response(runtime, out, raw)
 
-    @handler("Modes")
+    @handler("Modes", sheds=True)
     async def Modes(self, request: pb.ModesRequest, context: grpc.aio.ServicerContext) -> pb.ModesResponse:
         x, raw = codec.decode_inputs(request, self.max_elements)
         ask, ref = codec.modes_ask(request), request.model
@@ -54,7 +55,7 @@ class MdnServicer(_Base):
 
 
 class IkServicer(_Base):
-    @handler("Solve")
+    @handler("Solve", sheds=True)
     async def Solve(self, request: pb.SolveRequest, context: grpc.aio.ServicerContext) -> pb.SolveResponse:
         targets, raw = codec.decode_targets(request, self.max_elements)
         ask, ref = codec.solve_ask(request, self.max_elements), request.model

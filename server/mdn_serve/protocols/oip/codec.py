@@ -86,6 +86,11 @@ def model_name(request: object) -> str:
     return str(getattr(request, "model_name", "") or getattr(request, "name", ""))
 
 
+def model_version(request: object) -> str:
+    """The version a request names, or "" (the latest)."""
+    return str(getattr(request, "model_version", "") or getattr(request, "version", ""))
+
+
 def outputs_of(meta: ModelMetadata) -> list[str]:
     """The outputs a model offers: IK ones only for arm models."""
     return [name for name, o in OUTPUTS.items() if o.family != "ik" or meta.chain is not None]

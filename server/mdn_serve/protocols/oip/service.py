@@ -19,6 +19,7 @@ PROTOCOL = "oip"
 class OipServicer(ServicerBase):
     protocol = PROTOCOL
     model_of = staticmethod(codec.model_name)
+    version_of = staticmethod(codec.model_version)
 
     @handler("ServerLive")
     async def ServerLive(
@@ -62,7 +63,7 @@ class OipServicer(ServicerBase):
         runtime = self.dataplane.resolve(request.name, request.version)
         return codec.model_config(runtime, self.dataplane.limits.max_rows)
 
-    @handler("ModelInfer")
+    @handler("ModelInfer", sheds=True)
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
