@@ -108,8 +108,12 @@ def test_polling_picks_up_new_versions_without_a_signal(trained, tmp_path):
     proc = serve_in_process("--model-repository", str(repo), "--poll-seconds", "0.2")
     try:
         with MdnClient(proc.target, timeout=10) as client:
+            time.sleep(0.7)  # several polls that find nothing new: not logged at INFO
+            assert "repository reloaded" not in proc.log()
             shutil.copytree(repo / "two_link_arm" / "1", repo / "two_link_arm" / "7")
             wait_for(lambda: client.get_model("two_link_arm").version == "7")
             assert client.predict("two_link_arm", [[0.6, 0.6]]).version == "7"
+            time.sleep(0.7)
+            assert proc.log().count("repository reloaded") == 1  # the one change, once
     finally:
         proc.stop()

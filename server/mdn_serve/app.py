@@ -183,8 +183,10 @@ class MdnServer:
                 current.reloaded, s.model_repository, self._providers, s.intra_op_threads, s.inter_op_threads, failed
             )
             self.metrics.reloads.inc()
-            if fresh is not current:
-                self.dataplane.set_repository(fresh)
+            if fresh is current:  # nothing changed: not worth a line at INFO every --poll-seconds
+                log.debug("repository unchanged")
+                return
+            self.dataplane.set_repository(fresh)
             log.info(
                 "repository reloaded: %s",
                 ", ".join(f"{n} {','.join(e.version_list)}" for n, e in sorted(fresh.models.items())),

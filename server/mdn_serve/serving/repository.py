@@ -179,7 +179,8 @@ class ModelRepository:
         inter_op_threads: int = 0,
         on_failure: Callable[[str, str, str], None] | None = None,
     ) -> ModelRepository:
-        """A new repository for what is on disk now, reusing every version whose file is unchanged.
+        """A new repository for what is on disk now, reusing every version whose file is unchanged
+        (this one itself when nothing changed).
 
         A new or changed file is loaded and warmed up before it can serve; one that fails
         (corrupt, half-written, breaking the contract) is reported through on_failure(name,
@@ -213,11 +214,17 @@ class ModelRepository:
                 entry.versions[version] = runtime
             if entry.versions:
                 models[name] = entry
+        changed = False
         for name, entry in self.models.items():
             for version in entry.versions:
                 if name not in models or version not in models[name].versions:
                     log.info("unloaded %s version %s (gone from %s)", name, version, root)
-        return ModelRepository(models)
+                    changed = True
+        for name, entry in models.items():
+            old_entry = self.models.get(name)
+            for version, runtime in entry.versions.items():
+                changed |= old_entry is None or old_entry.versions.get(version) is not runtime
+        return ModelRepository(models) if changed else self  # the same object: nothing to swap
 
     def get(self, name: str, version: str = "") -> ModelRuntime:
         if not name:
