@@ -65,6 +65,19 @@ def test_bad_local_input_is_explained(capsys, server, tmp_path):
     (tmp_path / "in.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SystemExit, match="needs columns ee_x, ee_y; missing ee_x, ee_y"):
         client.main(["--target", server.target, "modes", "--model", "two_link_arm", "--csv", str(tmp_path / "in.csv")])
+    with pytest.raises(SystemExit, match=r"--input row 2 has 3 values; each needs 2 \(ee_x, ee_y\)"):  # ragged rows
+        client.main(["--target", server.target, "modes", "--model", "two_link_arm", "--input", "0.6,0.6",
+                     "--input", "0.6,0.6,1"])  # fmt: skip
+    with pytest.raises(SystemExit, match=r"--input row 1 \('0.6,x'\)"):
+        client.main(["--target", server.target, "predict", "--model", "two_link_arm", "--input", "0.6,x"])
+
+
+def test_json_goes_before_or_after_the_command_and_ik_takes_input_rows(capsys, server):
+    before = run(capsys, server, "--json", "ik", "--model", "two_link_arm", "0.6", "0.6")
+    after = run(capsys, server, "ik", "--model", "two_link_arm", "--input", "0.6,0.6", "--json")
+    assert before[0] == after[0] == 0 and json.loads(before[1]) == json.loads(after[1])
+    code, out, _ = run(capsys, server, "modes", "--model", "two_link_arm", "--input", "0.6,0.6", "--json")
+    assert code == 0 and json.loads(out)["num_modes"][0] >= 1
 
 
 def test_ik_prints_ranked_exact_solutions_and_reasons(capsys, server):

@@ -41,10 +41,21 @@ def _read_inputs(args: argparse.Namespace, info: pb.ModelInfo) -> Array:
             raise SystemExit(f"mdn-client: error: {args.csv}: {exc}") from None
     if not args.input:
         raise SystemExit(f"mdn-client: error: give --input {','.join(names)} (repeat for a batch) or --csv FILE")
-    try:
-        return np.array([[float(v) for v in item.split(",")] for item in args.input], dtype=np.float32)
-    except ValueError as exc:
-        raise SystemExit(f"mdn-client: error: --input: {exc}") from None
+    return _rows("--input", args.input, len(names), ", ".join(names))
+
+
+def _rows(flag: str, items: Sequence[str], width: int, what: str) -> Array:
+    """Comma-separated rows of `width` numbers each, with a message naming the row that is not."""
+    rows = []
+    for i, item in enumerate(items, 1):
+        try:
+            row = [float(v) for v in item.split(",")]
+        except ValueError as exc:
+            raise SystemExit(f"mdn-client: error: {flag} row {i} ({item!r}): {exc}") from None
+        if len(row) != width:
+            raise SystemExit(f"mdn-client: error: {flag} row {i} has {len(row)} values; each needs {width} ({what})")
+        rows.append(row)
+    return np.array(rows, dtype=np.float32)
 
 
 def _point(names: Sequence[str], values: Sequence[float]) -> str:
@@ -115,6 +126,8 @@ def _ik_targets(args: argparse.Namespace, info: pb.ModelInfo) -> tuple[Array, li
     layout = chain.target if chain is not None else "planar"
     width = 7 if layout == "pose" else (3 if layout == "position" else 2)
     values = [v for pose in args.pose or [] for v in pose] + list(args.target_xy)
+    if args.input:  # the same --input rows as the other commands
+        values += _rows("--input", args.input, width, f"a {layout} target").ravel().tolist()
     example = {"planar": "0.6 0.5", "position": "--position 0.4 0.1 0.5", "pose": "--pose 0.4 0.1 0.5 1 0 0 0"}
     if not values or len(values) % width:
         raise SystemExit(
@@ -177,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mdn-client", description="Ask an mdn-serve server for mixtures, samples or modes."
     )
     p.add_argument("--target", default="localhost:8001", help="server address host:port (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text (here or after the command)")
     p.add_argument("--values", action="store_true", help="send tensors as repeated floats instead of raw bytes")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca-cert)")
@@ -186,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-key", help="PEM client private key, for mutual TLS")
     p.add_argument("--token-file", help="file with the bearer token the server expects")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list the served models")
+    listing = sub.add_parser("models", help="list the served models")
+    # --json after the command too: `mdn-client modes ... --json` as well as `mdn-client --json modes ...`.
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
     commands = {"predict": "mixture parameters", "sample": "draws from the mixture", "modes": "modes of the mixture"}
     for name, text in commands.items():
         c = sub.add_parser(name, help=text)
@@ -194,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--version", default="", help="default: the latest")
         c.add_argument("--input", action="append", help="one input row, comma-separated; repeat for a batch")
         c.add_argument("--csv", help="a CSV file whose header names the model's inputs")
+        c.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
         if name == "sample":
             c.add_argument("-n", "--num-samples", type=int, default=10)
             c.add_argument("--seed", type=int)
@@ -210,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     ik.add_argument("--model", required=True)
     ik.add_argument("--version", default="", help="default: the latest")
     ik.add_argument("target_xy", nargs="*", type=float, help="targets in the model's layout: x y pairs for planar arms")
+    ik.add_argument("--input", action="append", help="one target, comma-separated (as for the other commands)")
+    ik.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
     ik.add_argument(
         "--pose",
         nargs=7,
