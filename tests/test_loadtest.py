@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -45,8 +46,41 @@ def test_loadtest_counts_errors_by_status_and_fails_when_nothing_succeeds(server
     assert set(result["codes"]) == {"INVALID_ARGUMENT"} and result["requests"] > 0
     assert result["rows"] == 0 and result["rows_per_second"] == 0  # nothing was answered
     err = capsys.readouterr().err
-    assert "first error: INVALID_ARGUMENT: batch of 100 rows is over this server's limit" in err
+    assert "first INVALID_ARGUMENT: batch of 100 rows is over this server's limit" in err
     assert "every request failed" in err
+
+
+def test_loadtest_fails_over_its_error_rate_and_needs_no_metadata_given_the_input(server, tmp_path, capsys):
+    """--input-dim and --input-name stand in for metadata that a peer server may not give; more
+    failures than --max-error-rate make the run fail."""
+    common = ["--target", server.target, "--model", "two_link_arm", "--protocol", "oip", "--input-dim", "2",
+              "--input-name", "x", "--duration", "0.3", "--warmup", "0", "--quiet"]  # fmt: skip
+    assert loadtest.main([*common, "--batch", "4"]) == 0
+    assert "status codes: OK" in capsys.readouterr().out
+    assert loadtest.main([*common, "--input-name", "nope"]) == 1
+    assert "first INVALID_ARGUMENT: " in capsys.readouterr().err
+
+
+def test_loadtest_exit_code_follows_the_error_rate(monkeypatch, capsys):
+    """main's verdict on a run where 10% of requests failed, at two thresholds."""
+
+    async def ten_percent_failed(config, progress=False, model_info=None):
+        latency = {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0}
+        return loadtest.LoadResult(config=dataclasses.asdict(config), seconds=1.0, requests=100, rows=90,
+                                   requests_per_second=100.0, rows_per_second=90.0, latency_ms=latency,
+                                   answered_latency_ms=latency, codes={"OK": 90, "UNAVAILABLE": 10},
+                                   first_errors={"UNAVAILABLE": "shutting down"})  # fmt: skip
+
+    monkeypatch.setattr(loadtest, "run_load", ten_percent_failed)
+    assert loadtest.main(["--quiet"]) == 1  # over the default 1%
+    assert "10.0% of requests failed, over --max-error-rate 0.01" in capsys.readouterr().err
+    assert loadtest.main(["--quiet", "--max-error-rate", "0.2"]) == 0
+    assert "first UNAVAILABLE: shutting down" in capsys.readouterr().err
+
+
+def test_loadtest_help_shows_every_default():
+    help_text = loadtest.build_parser().format_help()
+    assert "--max-error-rate" in help_text and "(default: 0.01)" in help_text
 
 
 def test_loadtest_rejects_unbounded_or_bad_runs(capsys):

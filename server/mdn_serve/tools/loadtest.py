@@ -55,6 +55,9 @@ class LoadConfig:
     client_key: str = ""
     token_file: str = ""
     seed: int = 0
+    # For servers whose metadata does not give them (other Open Inference Protocol servers):
+    input_dim: int = 0  # columns per row; 0: from the model's metadata
+    input_name: str = "x"  # the OIP input tensor's name
 
 
 @dataclass
@@ -70,6 +73,7 @@ class LoadResult:
     codes: dict[str, int] = field(default_factory=dict)
     skipped_sends: int = 0  # open loop: sends dropped because too many were outstanding
     first_error: str = ""  # "CODE: details" of the first failed request, to say what went wrong
+    first_errors: dict[str, str] = field(default_factory=dict)  # status code -> details of its first request
 
     @property
     def errors(self) -> int:
@@ -96,7 +100,12 @@ def _channel(config: LoadConfig) -> grpc.aio.Channel:
 
 
 async def fetch_metadata(config: LoadConfig) -> tuple[dict[str, Any], int]:
-    """The model's metadata JSON and input width, from mdn.v1 GetModel (or OIP ModelMetadata)."""
+    """The model's metadata JSON and input width, from mdn.v1 GetModel (or OIP ModelMetadata).
+
+    With config.input_dim set, nothing is asked: the inputs are drawn from a standard normal.
+    """
+    if config.input_dim > 0:
+        return {}, config.input_dim
     async with _channel(config) as channel:
         try:
             get = channel.unary_unary(
@@ -121,7 +130,16 @@ async def fetch_metadata(config: LoadConfig) -> tuple[dict[str, Any], int]:
         response = await meta(
             oip.ModelMetadataRequest(name=config.model), timeout=config.timeout, metadata=auth_metadata(config)
         )
+        if not response.inputs or not response.inputs[0].shape:
+            raise MetadataMissing(
+                f"model {config.model!r} at {config.target} lists no input shape in its metadata; "
+                "give --input-dim (and --input-name if its input is not called 'x')"
+            )
         return {}, int(response.inputs[0].shape[-1])
+
+
+class MetadataMissing(Exception):
+    """The server's metadata does not say what the model takes."""
 
 
 class _Recorder:
@@ -131,6 +149,7 @@ class _Recorder:
         self.codes: Counter[str] = Counter()
         self.measuring = False
         self.first_error = ""
+        self.first_errors: dict[str, str] = {}
 
     def record(self, seconds: float, code: str, detail: str = "") -> None:
         if self.measuring:
@@ -138,8 +157,9 @@ class _Recorder:
             self.codes[code] += 1
             if code == "OK":
                 self.answered.append(seconds)
-            elif not self.first_error:
-                self.first_error = f"{code}: {detail}"
+            elif code not in self.first_errors:
+                self.first_errors[code] = detail
+                self.first_error = self.first_error or f"{code}: {detail}"
 
 
 async def run_load(
@@ -263,6 +283,7 @@ async def run_load(
         codes=dict(recorder.codes),
         skipped_sends=skipped,
         first_error=recorder.first_error,
+        first_errors=recorder.first_errors,
     )
 
 
@@ -291,8 +312,12 @@ def format_result(r: LoadResult) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     d = LoadConfig()
-    p = argparse.ArgumentParser(prog="mdn-loadtest", description="Load-test an mdn-serve server over gRPC.")
-    p.add_argument("--target", default=d.target, help="host:port (default: %(default)s, this machine)")
+    p = argparse.ArgumentParser(
+        prog="mdn-loadtest",
+        description="Load-test an mdn-serve server (or another Open Inference Protocol server) over gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every flag's default in --help
+    )
+    p.add_argument("--target", default=d.target, help="host:port (this machine)")
     p.add_argument("--model", default=d.model)
     p.add_argument("--protocol", choices=PROTOCOLS, default=d.protocol, help="mdn (mdn.v1) or oip (KServe v2)")
     p.add_argument("--rpc", choices=RPCS, default=d.rpc)
@@ -311,6 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-key", default="", help="client private key (PEM), for mutual TLS")
     p.add_argument("--token-file", default="", help="file with the bearer token the server expects")
     p.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    p.add_argument("--max-error-rate", type=float, default=0.01,
+                   help="exit 1 when a larger share of requests fails (1: never)")  # fmt: skip
+    p.add_argument(
+        "--input-dim",
+        type=int,
+        default=d.input_dim,
+        help="columns per row, for servers whose metadata does not say (0: from the metadata)",
+    )
+    p.add_argument("--input-name", default=d.input_name, help="OIP input tensor name")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     return p
 
@@ -340,13 +374,21 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError:
         print(f"mdn-loadtest: error: no connection to {config.target} within {config.timeout} s", file=sys.stderr)
         return 1
+    except MetadataMissing as exc:
+        print(f"mdn-loadtest: error: {exc}", file=sys.stderr)
+        return 1
     print(format_result(result))
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
-    if result.first_error:
-        print(f"first error: {result.first_error}", file=sys.stderr)
+    for code, detail in result.first_errors.items():
+        print(f"first {code}: {detail}", file=sys.stderr)
     if result.requests and not result.codes.get("OK"):
         print("mdn-loadtest: error: every request failed; nothing was measured", file=sys.stderr)
+        return 1
+    failed = result.errors / result.requests if result.requests else 0.0
+    if failed > args.max_error_rate:
+        print(f"mdn-loadtest: error: {failed:.1%} of requests failed, over --max-error-rate {args.max_error_rate:g}",
+              file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

@@ -70,7 +70,7 @@ def encode_request(config: LoadConfig, x: NDArray[np.float32]) -> tuple[str, byt
             message = pb.ModesRequest(model=ref, inputs=tensor)
         return f"/mdn.v1.MixtureDensityService/{config.rpc.capitalize()}", message.SerializeToString()
     request = oip.ModelInferRequest(model_name=config.model)
-    request.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    request.inputs.add(name=config.input_name, datatype="FP32", shape=x.shape)
     request.raw_input_contents.append(raw)
     if config.rpc == "sample":
         request.outputs.add(name="samples")
