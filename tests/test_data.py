@@ -52,7 +52,8 @@ def test_csv_and_npz_tables_load_named_columns(tmp_path):
         ("a,b\n", "no rows"),
         ("a,x\n1,2\n", "no column(s) b"),
         ("a,b\n1,oops\n", "line 2, column 'b': 'oops' is not a number"),
-        ("a,b\n1,nan\n2,3\n", "NaN or infinite"),
+        ("a,b\n1,nan\n2,3\n", "NaN or infinite values (first at line 2)"),
+        ("a,b\n1,2\n\n\n3,inf\n", "1 NaN or infinite values (first at line 5)"),  # the file's line, blanks too
         ("a,b\n1,2\n3\n", "line 3, column 'b': '' is not a number"),
     ],
 )

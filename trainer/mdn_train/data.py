@@ -139,8 +139,9 @@ def load_table(path: Path, input_columns: tuple[str, ...], target_columns: tuple
         raise TrainerError(f"data file {path} does not exist")
     wanted = (*input_columns, *target_columns)
     suffix = path.suffix.lower()
+    lines: list[int] | None = None  # each row's line in a CSV file, for messages that point at it
     if suffix == ".csv":
-        columns = _read_csv(path, wanted)
+        columns, lines = _read_csv(path, wanted)
     elif suffix == ".npz":
         columns = _read_npz(path, wanted)
     else:
@@ -154,16 +155,20 @@ def load_table(path: Path, input_columns: tuple[str, ...], target_columns: tuple
     for name, col in columns.items():
         bad = ~np.isfinite(col)
         if bad.any():
+            first = int(np.argmax(bad))
+            where = f"line {lines[first]}" if lines is not None else f"index {first}"
             raise TrainerError(
                 f"column {name!r} in {path} has {int(bad.sum())} NaN or infinite values "
-                f"(first at row {int(np.argmax(bad))}); clean or drop them"
+                f"(first at {where}); clean or drop them"
             )
     inputs = np.stack([columns[c] for c in input_columns], axis=1).astype(np.float32)
     targets = np.stack([columns[c] for c in target_columns], axis=1).astype(np.float32)
     return Dataset(inputs, targets, tuple(input_columns), tuple(target_columns), "table")
 
 
-def _read_csv(path: Path, wanted: tuple[str, ...]) -> dict[str, NDArray[np.float64]]:
+def _read_csv(path: Path, wanted: tuple[str, ...]) -> tuple[dict[str, NDArray[np.float64]], list[int]]:
+    """The wanted columns, and the file line of each row (blank lines are skipped)."""
+    lines: list[int] = []
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
         try:
@@ -175,9 +180,11 @@ def _read_csv(path: Path, wanted: tuple[str, ...]) -> dict[str, NDArray[np.float
             raise TrainerError(f"{path} has no column(s) {', '.join(missing)}; it has: {', '.join(header)}")
         index = [header.index(c) for c in wanted]
         values: list[list[float]] = [[] for _ in wanted]
-        for line_no, row in enumerate(reader, start=2):
+        for row in reader:
+            line_no = reader.line_num  # the file's line, blank and quoted multi-line cells included
             if not row:
                 continue
+            lines.append(line_no)
             for slot, col in enumerate(index):
                 cell = row[col].strip() if col < len(row) else ""
                 try:
@@ -186,7 +193,8 @@ def _read_csv(path: Path, wanted: tuple[str, ...]) -> dict[str, NDArray[np.float
                     raise TrainerError(
                         f"{path} line {line_no}, column {wanted[slot]!r}: {cell!r} is not a number"
                     ) from None
-    return {name: np.asarray(col, dtype=np.float64) for name, col in zip(wanted, values, strict=True)}
+    columns = {name: np.asarray(col, dtype=np.float64) for name, col in zip(wanted, values, strict=True)}
+    return columns, lines
 
 
 def _read_npz(path: Path, wanted: tuple[str, ...]) -> dict[str, NDArray[np.float64]]:
