@@ -100,7 +100,11 @@ def test_versions_count_up_and_existing_ones_are_refused(trained, tmp_path, caps
     models = tmp_path / "models"
     args = ["--name", "inverse_sine", "--runs", str(trained["runs"]), "--models", str(models), "--no-plots"]
     assert export.main(args) == 0
-    assert export.main(args) == 0
+    capsys.readouterr()
+    assert export.main(args) == 0  # nothing retrained: no new version with the same weights
+    assert "inverse_sine: unchanged since version 1 (same checkpoint" in capsys.readouterr().out
+    assert sorted(p.name for p in (models / "inverse_sine").iterdir()) == ["1"]
+    assert export.main([*args, "--force"]) == 0
     assert sorted(p.name for p in (models / "inverse_sine").iterdir()) == ["1", "2"]
     assert export.main([*args, "--version", "2"]) == 2
     assert "already exists" in capsys.readouterr().err

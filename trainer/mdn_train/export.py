@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import shutil
 import sys
@@ -112,11 +114,42 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plots: bool = True) -> Path:
-    """Export, check and evaluate one trained run; returns the final model.onnx path."""
+def checkpoint_digest(path: Path) -> str:
+    """sha256 of a checkpoint file: the same digest means the same trained weights."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def exported_from(model_dir: Path) -> tuple[int, str] | None:
+    """(latest version, the checkpoint digest it was exported from), if it records one."""
+    latest = next_version(model_dir) - 1
+    path = model_dir / str(latest) / MODEL_FILENAME
+    if latest < 1 or not path.is_file():
+        return None
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        digest = json.loads(props[METADATA_KEY]).get("checkpoint_sha256")
+    except Exception:  # no metadata, or a file onnx cannot read: nothing to compare, export as usual
+        return None
+    return (latest, digest) if isinstance(digest, str) else None
+
+
+def export_run(
+    run_dir: Path, models_dir: Path, version: int | None = None, plots: bool = True, force: bool = False
+) -> Path:
+    """Export, check and evaluate one trained run; returns the final model.onnx path.
+
+    Without a version and without force, a run whose checkpoint is the one the latest version was
+    exported from is not exported again (that version's path is returned).
+    """
     checkpoint = load_checkpoint(run_dir / CHECKPOINT)
     run, mdn, baseline = restore_models(checkpoint)
     target_dir = models_dir / run.name
+    digest = checkpoint_digest(run_dir / CHECKPOINT)
+    previous = exported_from(target_dir) if version is None and not force else None
+    if previous is not None and previous[1] == digest:
+        print(f"{run.name}: unchanged since version {previous[0]} (same checkpoint, sha256 {digest[:12]}); "
+              "not exported again (--force exports a new version anyway)", flush=True)  # fmt: skip
+        return target_dir / str(previous[0]) / MODEL_FILENAME
     ver = version if version is not None else next_version(target_dir)
     if ver < 1:
         raise TrainerError(f"versions are positive integers, got {ver}")
@@ -162,7 +195,7 @@ def export_run(run_dir: Path, models_dir: Path, version: int | None = None, plot
                 config=run.to_dict(),
                 metrics=metrics,
                 kinematics=kinematics,
-                extra={"training": checkpoint["summary"], **_input_range(run)},
+                extra={"training": checkpoint["summary"], **_input_range(run), "checkpoint_sha256": digest},
             )
         except ContractError as exc:
             raise TrainerError(f"{run.name}: the metadata to export breaks the contract: {exc}") from None
@@ -241,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, default=Path("models"), help="model repository (default: models)")
     p.add_argument("--version", type=int, help="version to write (default: the next free one)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--force", action="store_true", help="export a new version even when the checkpoint is unchanged")
     return p
 
 
@@ -256,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_dirs = [args.runs / args.name]
         for run_dir in run_dirs:
-            export_run(run_dir, args.models, args.version, plots=not args.no_plots)
+            export_run(run_dir, args.models, args.version, plots=not args.no_plots, force=args.force)
     except TrainerError as exc:
         print(f"mdn-export: error: {exc}", file=sys.stderr)
         return 2
