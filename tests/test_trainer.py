@@ -158,6 +158,10 @@ def test_user_table_trains_and_exports(tmp_path):
         ]
     )
     assert meta.task == "table" and meta.input_names == ("y",) and meta.output_names == ("u",)
+    plots = runs / "square_root" / "plots"  # the generic plots, and the report links them
+    for name in ("table_samples.png", "table_weights.png", "calibration.png"):
+        assert (plots / name).stat().st_size > 10_000, name
+    assert "table_samples.png" in (runs / "square_root" / "report.md").read_text()
 
 
 def run_cli(*args: str, cwd) -> subprocess.CompletedProcess[str]:

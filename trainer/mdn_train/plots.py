@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from mdn_core.chain import SerialChain, target_features
 from mdn_core.ik import solve
 from mdn_core.kinematics import PlanarArm
-from mdn_core.mixture import log_density
+from mdn_core.mixture import log_density, sample_mixture
 from mdn_core.modes import mixture_modes
 from mdn_core.solutions import Solutions
 from numpy.typing import NDArray
@@ -38,7 +38,7 @@ def make_plots(out_dir: Path, test: Dataset, predict: Predictor, baseline: Basel
         if test.arm.num_joints == 2:
             plots.append(_arm_solutions(out_dir, test, predict, baseline))
         return [*plots, _arm_ik_configurations(out_dir, test, predict)]
-    return []
+    return [_table_samples(out_dir, test, predict, baseline), _table_weights(out_dir, test, predict)]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -240,3 +240,49 @@ def calibration_plot(out_dir: Path, calibration: dict[str, Any]) -> Path:
     ax.set_title("coverage")
     ax.legend(fontsize=6)
     return _save(fig, out_dir / "calibration.png")
+
+
+TABLE_PANELS = 4  # inputs and outputs shown at most, each
+
+
+def _table_samples(out_dir: Path, test: Dataset, predict: Predictor, baseline: Baseline) -> Path:
+    """Any table: each output against each input, for the held-out rows, one draw of the mixture at
+    each row's inputs, the heaviest mode and the least-squares prediction."""
+    rows = test.subset(np.arange(min(len(test.inputs), 2000)))
+    w, m, s = predict(rows.inputs)
+    draws = sample_mixture(w, m, s, 1, np.random.default_rng(0))[:, 0]
+    top = mixture_modes(w, m, s, max_modes=1).modes[:, 0]
+    least_squares = baseline(rows.inputs)
+    ins, outs = min(len(rows.input_names), TABLE_PANELS), min(len(rows.target_names), TABLE_PANELS)
+    fig, axes = plt.subplots(outs, ins, figsize=(4.2 * ins, 3.4 * outs), squeeze=False)
+    for j in range(outs):
+        for i in range(ins):
+            ax = axes[j][i]
+            x = rows.inputs[:, i]
+            ax.scatter(x, rows.targets[:, j], s=4, color="0.7", label="held-out data")
+            ax.scatter(x, draws[:, j], s=4, color="tab:blue", alpha=0.6, label="MDN: one draw per row")
+            ax.scatter(x, top[:, j], s=4, color="tab:green", alpha=0.6, label="MDN: heaviest mode")
+            ax.scatter(x, least_squares[:, j], s=4, color="tab:orange", alpha=0.6, label="least squares")
+            ax.set_xlabel(rows.input_names[i])
+            ax.set_ylabel(rows.target_names[j])
+    axes[0][0].legend(fontsize=7, markerscale=3)
+    fig.suptitle("held-out data, MDN draws and modes, least squares", fontsize=10)
+    return _save(fig, out_dir / "table_samples.png")
+
+
+def _table_weights(out_dir: Path, test: Dataset, predict: Predictor) -> Path:
+    """Any table: the mixture weights against each input (which components the network uses where)."""
+    rows = test.subset(np.arange(min(len(test.inputs), 2000)))
+    w, _, _ = predict(rows.inputs)
+    used = np.argsort(w.mean(axis=0))[::-1][:8]  # the components with the most weight on average
+    ins = min(len(rows.input_names), TABLE_PANELS)
+    fig, axes = plt.subplots(1, ins, figsize=(4.2 * ins, 3.4), squeeze=False)
+    for i in range(ins):
+        order = np.argsort(rows.inputs[:, i])
+        for k in used:
+            axes[0][i].plot(rows.inputs[order, i], w[order, k], lw=0.8, label=f"component {k}")
+        axes[0][i].set_xlabel(rows.input_names[i])
+        axes[0][i].set_ylabel("weight")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("mixture weights (most used components)", fontsize=10)
+    return _save(fig, out_dir / "table_weights.png")
