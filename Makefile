@@ -31,6 +31,7 @@ help:
 install: $(STAMP) $(CLIENTS_STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
+	@echo "[1/3] $(VENV): server, trainer (CPU torch) and dev tools, pinned by requirements.lock (1-2 min)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev]"
@@ -38,11 +39,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 # Third-party protocol clients (tritonclient needs protobuf<7): their own environment.
 $(CLIENTS_STAMP): requirements-clients.lock
+	@echo "[2/3] $(CLIENTS_VENV): third-party protocol clients for the tests (tritonclient; under a minute)"
 	$(PYTHON) -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r requirements-clients.lock
 	@touch $@
 
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@echo "[3/3] $(NODE_DIR): Node's gRPC client for the tests (seconds)"
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
