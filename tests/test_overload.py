@@ -152,7 +152,7 @@ def test_at_four_times_capacity_goodput_holds_and_admitted_latency_stays_bounded
     unloaded p99 plus the queue-time budget (--max-queue-seconds, 1 s)."""
     proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]))
     try:
-        common = ("--batch", "2048", "--warmup", "0.5", "--timeout", "5")
+        common = ("--batch", "4096", "--warmup", "0.5", "--timeout", "5")
         unloaded = loadtest(proc.target, tmp_path, *common, "--concurrency", "1", "--duration", "1.5")
         capacity = loadtest(proc.target, tmp_path, *common, "--concurrency", "8", "--duration", "2.5")
         rate = 4 * capacity["requests_per_second"]

@@ -84,10 +84,12 @@ class DynamicBatcher:
         self._queue.admit(request, self.seconds_ahead(request.enqueued))
         self._schedule(loop)
         try:
-            return await future
+            outputs = await future
         except asyncio.CancelledError:
             future.cancel()  # a batch not yet taken skips it
             raise
+        self._queue.learn(request)  # measured here: the event loop's own delay in handing it back counts
+        return outputs
 
     def shed(self) -> None:
         """Refuse at once (QueueFull) when the work ahead alone passes the queue-time budget: then no
@@ -159,7 +161,6 @@ class DynamicBatcher:
 
     def _computed(self, batch: list[QueuedRequest], running: asyncio.Future[_Results]) -> None:
         self._computing.pop(running, None)
-        self._queue.learn(batch)
         if running.cancelled():
             _deliver(batch, None, Unavailable("the model version was unloaded while computing; retry"))
         elif (error := running.exception()) is not None:

@@ -30,6 +30,7 @@ from mdn_serve.serving.repository import ModelRuntime
 PACE_MIN_SECONDS = 0.01
 PACE_SMOOTHING = 0.05
 PACE_RANGE = (0.25, 8.0)
+SHED_WINDOW = 32  # requests whose batch estimates the early refusal (shed) goes by
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class RequestQueue:
         # batch): compute threads share the CPUs with the event loop and each other, so a second of
         # estimated work rarely takes just a second.
         self.pace = 1.0
+        self._recent_batches: collections.deque[float] = collections.deque(maxlen=SHED_WINDOW)
         labels = (runtime.name, runtime.version)
         self.depth = metrics.queue_depth.labels(*labels)
         self._queue_seconds = fast_observe(metrics.queue_seconds.labels(*labels))
@@ -98,6 +100,7 @@ class RequestQueue:
         rows = request.x.shape[0]
         batch = min(self.seconds + request.seconds, request.seconds * max(1.0, self.config.max_batch_rows / rows))
         wait, batch = ahead * self.pace, batch * self.pace
+        self._recent_batches.append(batch)
         if ahead > 0 and wait + batch > budget:
             self.reject("queue_time")
             why = "before its deadline" if budget < limit else f"within the queue-time budget of {limit:g} s"
@@ -114,13 +117,19 @@ class RequestQueue:
         self.seconds += request.seconds
 
     def shed(self, ahead: float) -> None:
-        """Refuse (QueueFull) when `ahead` seconds of work, times the pace, pass max_queue_seconds."""
+        """Refuse (QueueFull) when `ahead` seconds of work, times the pace, and then the smallest batch
+        of the last SHED_WINDOW requests offered would pass max_queue_seconds: a request like those
+        would be refused by admit anyway, after its inputs were decoded for nothing."""
         limit = self.config.max_queue_seconds
-        if limit and ahead * self.pace > limit:
+        if not limit or ahead <= 0:
+            return
+        wait = ahead * self.pace
+        if wait + min(self._recent_batches, default=0.0) > limit:
             self.reject("queue_time")
             raise QueueFull(
-                f"model {self.runtime.name!r} version {self.runtime.version} is about {ahead * self.pace:.2f} s "
-                f"behind, more than the queue-time budget of {limit:g} s; retry with backoff"
+                f"model {self.runtime.name!r} version {self.runtime.version} is about {wait:.2f} s behind, so no "
+                f"request like the last ones could be done within the queue-time budget of {limit:g} s; retry with "
+                "backoff"
             )
 
     def take(self, max_rows: int) -> list[QueuedRequest]:
@@ -162,13 +171,12 @@ class RequestQueue:
         self.depth.set(len(self.requests))
         return batch
 
-    def learn(self, done: list[QueuedRequest]) -> None:
-        """A batch was computed: how long its requests took from queueing, against the estimate."""
-        now = time.monotonic()
-        for request in done:
-            if request.estimate > PACE_MIN_SECONDS:
-                ratio = min(max((now - request.enqueued) / request.estimate, PACE_RANGE[0]), PACE_RANGE[1])
-                self.pace += PACE_SMOOTHING * (ratio - self.pace)
+    def learn(self, request: QueuedRequest) -> None:
+        """A request's outputs are back with its caller: how long that took from queueing, against
+        the estimate."""
+        if request.estimate > PACE_MIN_SECONDS:
+            ratio = (time.monotonic() - request.enqueued) / request.estimate
+            self.pace += PACE_SMOOTHING * (min(max(ratio, PACE_RANGE[0]), PACE_RANGE[1]) - self.pace)
 
     def clear(self) -> list[QueuedRequest]:
         """Empty the queue; what it held."""
