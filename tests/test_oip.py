@@ -64,7 +64,7 @@ def test_liveness_readiness_and_metadata(stub):
     assert not stub.ModelReady(oip.ModelReadyRequest(name="nope")).ready
     server = stub.ServerMetadata(oip.ServerMetadataRequest())
     assert server.name == "mdn-serve" and server.version
-    assert list(server.extensions) == ["parameters", "model_configuration"]
+    assert list(server.extensions) == ["parameters", "model_configuration", "statistics"]
     meta = stub.ModelMetadata(oip.ModelMetadataRequest(name=ARM))
     assert (meta.name, list(meta.versions), meta.platform) == (ARM, ["1"], "onnx_onnxv1")
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1, 2])]
@@ -260,3 +260,33 @@ def test_seed_state_ranks_ik_solutions_over_both_protocols(server, stub):
     request = with_seed_state(infer_request(x=target, outputs=["ik_solutions", "ik_num_solutions"]), near_second)
     got = as_arrays(stub.ModelInfer(request, timeout=30))
     np.testing.assert_allclose(got["ik_solutions"], ranked.solutions, atol=1e-6)
+
+
+def test_model_statistics_count_what_each_version_served(stub):
+    """Triton's statistics extension, from our own stubs: successes, a failure in the batch, the
+    stages of each request, every model when no name is given, NOT_FOUND for an unknown one."""
+
+    def stats():
+        (entry,) = stub.ModelStatistics(oip.ModelStatisticsRequest(name=ARM, version="1"), timeout=10).model_stats
+        return entry
+
+    before = stats()
+    for _ in range(3):
+        stub.ModelInfer(infer_request(), timeout=10)
+    with pytest.raises(grpc.RpcError) as nan:  # NaN is found by the batcher: a failure counted there
+        stub.ModelInfer(infer_request(np.array([[0.6, np.nan]], np.float32)), timeout=10)
+    assert nan.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    after = stats()
+    b, a = before.inference_stats, after.inference_stats
+    assert after.inference_count - before.inference_count == 3 * len(X)
+    assert (a.success.count - b.success.count, a.fail.count - b.fail.count) == (3, 1)
+    assert a.success.ns > b.success.ns and a.queue.count - b.queue.count == 4
+    assert a.compute_infer.count - b.compute_infer.count == 3 and a.compute_infer.ns > b.compute_infer.ns
+    assert after.execution_count - before.execution_count == 3
+    assert after.last_inference >= before.last_inference > 0
+    everything = stub.ModelStatistics(oip.ModelStatisticsRequest(), timeout=10).model_stats
+    assert {(s.name, s.version) for s in everything} >= {(ARM, "1"), (TOY, "1")}
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.ModelStatistics(oip.ModelStatisticsRequest(name="nope"), timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "statistics" in stub.ServerMetadata(oip.ServerMetadataRequest(), timeout=10).extensions

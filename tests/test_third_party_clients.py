@@ -72,6 +72,33 @@ def test_triton_inference_matches_mdn_v1(server, triton_report):
     np.testing.assert_array_equal(np.array(c["modes"]["values"], np.float32), np.nan_to_num(modes.modes, nan=-999))
 
 
+def test_triton_client_reads_model_statistics(triton_report):
+    """Triton's statistics extension: the check's two inferences of two rows each, counted."""
+    assert "statistics" in triton_report["server"]["extensions"]
+
+    def stats(key: str) -> Any:
+        (entry,) = triton_report[key]["model_stats"]
+        assert (entry["name"], entry["version"]) == (ARM, "1")
+        return entry
+
+    before, after = stats("stats_before"), stats("stats_after")
+
+    def grew(*path: str) -> int:
+        def get(d: Any) -> int:
+            for key in path:
+                d = d.get(key, {})
+            return int(d or 0)  # proto3 JSON leaves zeros out
+
+        return get(after) - get(before)
+
+    assert grew("inference_count") == 4 and grew("inference_stats", "success", "count") == 2
+    for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert grew("inference_stats", stage, "count") == 2, stage
+        assert grew("inference_stats", stage, "ns") > 0, stage
+    assert grew("execution_count") >= 1 and int(after["last_inference"]) > 0
+    assert triton_report["stats_unknown_model"]["status"] == "StatusCode.NOT_FOUND"
+
+
 def test_triton_client_gets_our_error_statuses(triton_report):
     assert triton_report["wrong_shape"]["status"] == "StatusCode.INVALID_ARGUMENT"
     assert "takes 2 input column(s)" in triton_report["wrong_shape"]["message"]

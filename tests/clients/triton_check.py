@@ -49,7 +49,8 @@ def main() -> None:
     }
     server = client.get_server_metadata(as_json=True)
     meta = client.get_model_metadata(model, as_json=True)
-    report["server"] = {"name": server["name"], "version": server["version"]}
+    report["server"] = {"name": server["name"], "version": server["version"], "extensions": server["extensions"]}
+    report["stats_before"] = client.get_inference_statistics(model, as_json=True)
     report["model"] = {
         "platform": meta["platform"],
         "versions": meta["versions"],
@@ -88,6 +89,8 @@ def main() -> None:
     report["unknown_output"] = error_of(
         lambda: client.infer(model, [x], outputs=[triton.InferRequestedOutput("logits")])
     )
+    report["stats_after"] = client.get_inference_statistics(model, as_json=True)
+    report["stats_unknown_model"] = error_of(lambda: client.get_inference_statistics("no_such_model"))
     client.close()
     json.dump(report, sys.stdout)
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 
 import numpy as np
+from mdn_core.model import Mixture
 from numpy.typing import NDArray
 
 from mdn_serve.errors import InvalidInput, Unavailable
@@ -35,6 +36,7 @@ from mdn_serve.serving.eventloop import call_when_idle
 from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, Outputs, postprocess, split_plain
 from mdn_serve.serving.queue import BatchingConfig, QueuedRequest, RequestQueue
 from mdn_serve.serving.repository import ModelRuntime
+from mdn_serve.serving.statistics import VersionStatistics
 
 _NO_ROWS = np.zeros((0, 0), np.float32)
 _Results = Sequence[Outputs | BaseException]  # a computed batch: each request's outputs or error
@@ -55,7 +57,8 @@ class DynamicBatcher:
         self.executor = executor
         self.metrics = metrics
         self.config = config
-        self._queue = RequestQueue(runtime, metrics, config)
+        self.stats = VersionStatistics()
+        self._queue = RequestQueue(runtime, metrics, config, self.stats)
         self.costs = self._queue.costs
         # Batches on the compute threads: their requests, when they started, their estimated seconds.
         self._computing: dict[asyncio.Future[_Results], tuple[list[QueuedRequest], float, float]] = {}
@@ -81,14 +84,18 @@ class DynamicBatcher:
         future: asyncio.Future[Outputs] = loop.create_future()
         work = self.costs.work(x.shape[0], ask)
         request = QueuedRequest(x, ask, future, time.monotonic(), deadline, work, self.costs.seconds(work))
-        self._queue.admit(request, self.seconds_ahead(request.enqueued))
-        self._schedule(loop)
         try:
+            self._queue.admit(request, self.seconds_ahead(request.enqueued))
+            self._schedule(loop)
             outputs = await future
         except asyncio.CancelledError:
             future.cancel()  # a batch not yet taken skips it
             raise
+        except Exception:
+            self.stats.failed(time.monotonic() - request.enqueued)
+            raise
         self._queue.learn(request)  # measured here: the event loop's own delay in handing it back counts
+        self.stats.succeeded(time.monotonic() - request.enqueued, x.shape[0])
         return outputs
 
     def shed(self) -> None:
@@ -143,19 +150,22 @@ class DynamicBatcher:
         self._flush_scheduled = False
         loop = asyncio.get_running_loop()
         while self._queue and len(self._computing) < self.config.max_concurrent_batches:
-            batch, x = _finite(self._queue.take(self.config.max_batch_rows))
+            taken = self._queue.take(self.config.max_batch_rows)
+            start = time.perf_counter()
+            batch, x = _finite(taken)
             if not batch:
                 continue
+            stacked = time.perf_counter() - start
             plain = all(r.ask is MIXTURE_ONLY or r.ask.plain for r in batch)
             if plain and x.shape[0] <= self.config.inline_rows:
                 # Mixture parameters for a few rows: microseconds of ONNX Runtime and no mixture
                 # math, so a thread hand-off would cost more than the work.
                 try:
-                    _deliver(batch, self._compute(batch, x, plain), None)
+                    _deliver(batch, self._compute(batch, x, plain, stacked), None)
                 except Exception as exc:
                     _deliver(batch, None, exc)
                 continue
-            running = loop.run_in_executor(self.executor, self._compute, batch, x, plain)
+            running = loop.run_in_executor(self.executor, self._compute, batch, x, plain, stacked)
             self._computing[running] = (batch, time.monotonic(), sum(r.seconds for r in batch))
             running.add_done_callback(functools.partial(self._computed, batch))
 
@@ -198,8 +208,9 @@ class DynamicBatcher:
                 request.future.cancel()
         await asyncio.sleep(0)  # let the cancelled batches' callbacks answer their callers
 
-    def _compute(self, batch: list[QueuedRequest], x: NDArray[np.float32], plain: bool) -> _Results:
-        """One ONNX Runtime call for x (the batch's inputs stacked), then the pipeline's post-processing.
+    def _compute(self, batch: list[QueuedRequest], x: NDArray[np.float32], plain: bool, stacked: float) -> _Results:
+        """One ONNX Runtime call for x (the batch's inputs stacked, which took `stacked` seconds),
+        then the pipeline's post-processing.
 
         plain: no request asks for more than the mixture parameters.
         """
@@ -211,18 +222,24 @@ class DynamicBatcher:
         self._executions(1)
         self._inferences(len(batch))
         self._batch_rows(x.shape[0])
+        done = time.perf_counter()
+        out = self._outputs(batch, x, mix, plain)
+        after = time.perf_counter() - done
+        if not plain:
+            self._postprocess_seconds.observe(after)
+        self.stats.batch(len(batch), stacked, seconds, after)
+        return out
+
+    def _outputs(self, batch: list[QueuedRequest], x: NDArray[np.float32], mix: Mixture, plain: bool) -> _Results:
+        """Each request's outputs from the batch's mixture."""
         if plain and len(batch) == 1:
             return [Outputs(mix, None, None, None)]
         bounds = [0, *itertools.accumulate(r.x.shape[0] for r in batch)]
         if plain:
             return split_plain(mix, bounds)
-        done = time.perf_counter()
         wanted = [functools.partial(_waiting, r) for r in batch]
-        out = postprocess(
-            [r.ask for r in batch], bounds, x, mix, self.runtime.metadata.chain, wanted, self.costs.record
-        )
-        self._postprocess_seconds.observe(time.perf_counter() - done)
-        return out
+        chain = self.runtime.metadata.chain
+        return postprocess([r.ask for r in batch], bounds, x, mix, chain, wanted, self.costs.record)
 
 
 def _deliver(

@@ -24,6 +24,7 @@ from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, IkSpec, Outputs, Sampl
 from mdn_serve.serving.queue import BatchingConfig
 from mdn_serve.serving.repository import ModelRepository, ModelRuntime
 from mdn_serve.serving.responses import ResponseBudget
+from mdn_serve.serving.statistics import VersionStatistics
 
 __all__ = ["Ask", "Dataplane", "IkSpec", "Limits", "Outputs", "SampleSpec"]
 
@@ -120,6 +121,19 @@ class Dataplane:
         if batcher is not None:
             batcher.shed()
 
+    def statistics(self, name: str, version: str) -> list[tuple[str, str, VersionStatistics]]:
+        """(name, version, statistics) of the loaded versions asked for: every model when name is
+        empty, every version of the model when version is (NOT_FOUND for what is not loaded)."""
+        repository = self.models()
+        if name:
+            runtime = repository.get(name, version)  # NOT_FOUND, with what exists
+            keys = (
+                [(runtime.name, runtime.version)] if version else [(name, v) for v in repository.entry(name).versions]
+            )
+        else:
+            keys = sorted(self._batchers)
+        return [(n, v, self._batchers[(n, v)].stats) for n, v in keys if (n, v) in self._batchers]
+
     def check_inputs(self, runtime: ModelRuntime, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """Raise InvalidInput / LimitExceeded for a shape the model cannot take."""
         if x.ndim != 2:
@@ -138,72 +152,6 @@ class Dataplane:
         # NaN and infinite values are looked for once per batch, by the batcher.
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def _prepare_ik(
-        self, runtime: ModelRuntime, spec: IkSpec, targets: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], IkSpec]:
-        """Check an IK request; the network's inputs for its targets, and the spec with the targets."""
-        chain = runtime.metadata.chain
-        if chain is None:
-            raise InvalidInput(
-                f"model {runtime.name!r} has no kinematics in its metadata; inverse kinematics needs an arm model"
-            )
-        width = chain.target_width
-        if targets.ndim != 2 or targets.shape[1] != width:
-            raise InvalidInput(
-                f"model {runtime.name!r} takes {chain.target} targets [batch, {width}] ({TARGET_NAMES[chain.target]}), "
-                f"got shape {list(targets.shape)}"
-            )
-        rows = targets.shape[0]
-        if rows == 0:
-            raise InvalidInput("targets have no rows (batch size 0); send at least one target")
-        if rows > self.limits.max_rows:
-            raise LimitExceeded(
-                f"batch of {rows} targets is over this server's limit of {self.limits.max_rows}; split the request"
-            )
-        bad = np.argwhere(~np.isfinite(targets))
-        if len(bad):
-            raise InvalidInput(f"targets contain NaN or infinite values (first at row {bad[0][0]}, column {bad[0][1]})")
-        if chain.target == "pose":
-            norms = np.linalg.norm(targets[:, 3:7].astype(np.float64), axis=1)
-            off = np.flatnonzero(np.abs(norms - 1.0) > QUATERNION_NORM_SLACK)
-            if len(off):
-                raise InvalidInput(
-                    f"targets row {off[0]}: the quaternion (qx, qy, qz, qw) has norm {norms[off[0]]:.6g}; send a unit "
-                    f"quaternion (norm within {QUATERNION_NORM_SLACK:g} of 1)"
-                )
-        if spec.max_solutions < 0:
-            raise InvalidInput(f"max_solutions must be >= 0 (0 means all), got {spec.max_solutions}")
-        for name, value in (("tolerance", spec.tolerance), ("orientation_tolerance", spec.orientation_tolerance)):
-            if not (math.isfinite(value) and value >= 0):
-                raise InvalidInput(f"{name} must be a finite number >= 0 (0 means the default), got {value}")
-        if spec.num_samples < 0:
-            raise InvalidInput(f"num_samples must be >= 0, got {spec.num_samples}")
-        if rows * spec.num_samples > self.limits.max_samples:
-            raise LimitExceeded(
-                f"{rows} targets x {spec.num_samples} samples is over this server's limit of "
-                f"{self.limits.max_samples} samples per request; ask for fewer"
-            )
-        # Every seed is refined: the mixture's modes (at most one per component), the draws, the seed state.
-        draws = spec.num_samples or default_draws(chain)
-        seeds = rows * spec.seeds_per_target(chain, runtime.metadata.components)
-        if seeds > self.limits.max_ik_seeds:
-            raise LimitExceeded(
-                f"{rows} targets x up to {seeds // rows} seeds ({runtime.metadata.components} components, {draws} "
-                f"draws{', the seed state' if spec.seed_state is not None else ''}) = {seeds} is over this server's "
-                f"limit of {self.limits.max_ik_seeds} IK seeds per request; split the targets or ask for fewer draws"
-            )
-        state = spec.seed_state
-        if state is not None:
-            if state.ndim != 2 or state.shape[0] not in (1, rows) or state.shape[1] != chain.num_joints:
-                raise InvalidInput(
-                    f"seed_state must have shape [{rows}, {chain.num_joints}] or [1, {chain.num_joints}] (joint values "
-                    f"{', '.join(j.name for j in chain.joints)}), got {list(state.shape)}"
-                )
-            if not np.isfinite(state).all():
-                raise InvalidInput("seed_state contains NaN or infinite values")
-        features = target_features(chain.target, targets)
-        return features, replace(spec, targets=targets.astype(np.float64))
-
     async def infer(
         self,
         method: str,
@@ -219,7 +167,7 @@ class Dataplane:
         """
         runtime = self.resolve(name, version)
         if ask.ik is not None:
-            x, spec = self._prepare_ik(runtime, ask.ik, x)
+            x, spec = prepare_ik(runtime, ask.ik, x, self.limits)
             ask = replace(ask, ik=spec)
         x = self.check_inputs(runtime, x)
         if ask.sampling is not None:
@@ -232,6 +180,73 @@ class Dataplane:
         if batcher is None:  # unloaded by a reload since it was resolved
             raise ModelNotFound(f"model {runtime.name!r} version {runtime.version} was just unloaded; retry")
         return runtime, await batcher.submit(x, ask, deadline)
+
+
+def prepare_ik(
+    runtime: ModelRuntime, spec: IkSpec, targets: NDArray[np.float32], limits: Limits
+) -> tuple[NDArray[np.float32], IkSpec]:
+    """Check an IK request; the network's inputs for its targets, and the spec with the targets."""
+    chain = runtime.metadata.chain
+    if chain is None:
+        raise InvalidInput(
+            f"model {runtime.name!r} has no kinematics in its metadata; inverse kinematics needs an arm model"
+        )
+    width = chain.target_width
+    if targets.ndim != 2 or targets.shape[1] != width:
+        raise InvalidInput(
+            f"model {runtime.name!r} takes {chain.target} targets [batch, {width}] ({TARGET_NAMES[chain.target]}), "
+            f"got shape {list(targets.shape)}"
+        )
+    rows = targets.shape[0]
+    if rows == 0:
+        raise InvalidInput("targets have no rows (batch size 0); send at least one target")
+    if rows > limits.max_rows:
+        raise LimitExceeded(
+            f"batch of {rows} targets is over this server's limit of {limits.max_rows}; split the request"
+        )
+    bad = np.argwhere(~np.isfinite(targets))
+    if len(bad):
+        raise InvalidInput(f"targets contain NaN or infinite values (first at row {bad[0][0]}, column {bad[0][1]})")
+    if chain.target == "pose":
+        norms = np.linalg.norm(targets[:, 3:7].astype(np.float64), axis=1)
+        off = np.flatnonzero(np.abs(norms - 1.0) > QUATERNION_NORM_SLACK)
+        if len(off):
+            raise InvalidInput(
+                f"targets row {off[0]}: the quaternion (qx, qy, qz, qw) has norm {norms[off[0]]:.6g}; send a unit "
+                f"quaternion (norm within {QUATERNION_NORM_SLACK:g} of 1)"
+            )
+    if spec.max_solutions < 0:
+        raise InvalidInput(f"max_solutions must be >= 0 (0 means all), got {spec.max_solutions}")
+    for name, value in (("tolerance", spec.tolerance), ("orientation_tolerance", spec.orientation_tolerance)):
+        if not (math.isfinite(value) and value >= 0):
+            raise InvalidInput(f"{name} must be a finite number >= 0 (0 means the default), got {value}")
+    if spec.num_samples < 0:
+        raise InvalidInput(f"num_samples must be >= 0, got {spec.num_samples}")
+    if rows * spec.num_samples > limits.max_samples:
+        raise LimitExceeded(
+            f"{rows} targets x {spec.num_samples} samples is over this server's limit of "
+            f"{limits.max_samples} samples per request; ask for fewer"
+        )
+    # Every seed is refined: the mixture's modes (at most one per component), the draws, the seed state.
+    draws = spec.num_samples or default_draws(chain)
+    seeds = rows * spec.seeds_per_target(chain, runtime.metadata.components)
+    if seeds > limits.max_ik_seeds:
+        raise LimitExceeded(
+            f"{rows} targets x up to {seeds // rows} seeds ({runtime.metadata.components} components, {draws} "
+            f"draws{', the seed state' if spec.seed_state is not None else ''}) = {seeds} is over this server's "
+            f"limit of {limits.max_ik_seeds} IK seeds per request; split the targets or ask for fewer draws"
+        )
+    state = spec.seed_state
+    if state is not None:
+        if state.ndim != 2 or state.shape[0] not in (1, rows) or state.shape[1] != chain.num_joints:
+            raise InvalidInput(
+                f"seed_state must have shape [{rows}, {chain.num_joints}] or [1, {chain.num_joints}] (joint values "
+                f"{', '.join(j.name for j in chain.joints)}), got {list(state.shape)}"
+            )
+        if not np.isfinite(state).all():
+            raise InvalidInput("seed_state contains NaN or infinite values")
+    features = target_features(chain.target, targets)
+    return features, replace(spec, targets=targets.astype(np.float64))
 
 
 def check_sampling(spec: SampleSpec, rows: int, limits: Limits) -> None:

@@ -24,6 +24,7 @@ from mdn_serve.metrics import Metrics, fast_observe
 from mdn_serve.serving.costs import Work, WorkCosts
 from mdn_serve.serving.pipeline import Ask, Outputs
 from mdn_serve.serving.repository import ModelRuntime
+from mdn_serve.serving.statistics import VersionStatistics
 
 # The pace (times to answer measured / estimated) learns from requests estimated to take at
 # least PACE_MIN_SECONDS seconds, PACE_SMOOTHING of the way per request, within PACE_RANGE.
@@ -60,8 +61,11 @@ class QueuedRequest:
 class RequestQueue:
     """The requests waiting for one model version, bounded in count and in time."""
 
-    def __init__(self, runtime: ModelRuntime, metrics: Metrics, config: BatchingConfig) -> None:
+    def __init__(
+        self, runtime: ModelRuntime, metrics: Metrics, config: BatchingConfig, stats: VersionStatistics | None = None
+    ) -> None:
         self.runtime = runtime
+        self.stats = stats or VersionStatistics()
         self.metrics = metrics
         self.config = config
         self.costs = WorkCosts(runtime)
@@ -164,6 +168,7 @@ class RequestQueue:
                 )
                 continue
             self._queue_seconds(now - request.enqueued)
+            self.stats.queued(now - request.enqueued)
             batch.append(request)
             rows += n
         if not self.requests:

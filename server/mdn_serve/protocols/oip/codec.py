@@ -24,11 +24,12 @@ from mdn_serve.protocols.packed import extend_floats
 from mdn_serve.protocols.shapes import element_count
 from mdn_serve.serving.dataplane import Ask, IkSpec, Outputs, SampleSpec
 from mdn_serve.serving.repository import ModelRuntime
+from mdn_serve.serving.statistics import VersionStatistics
 
 SERVICES = pb.DESCRIPTOR.services_by_name
 PLATFORM = "onnx_onnxv1"
 SERVER_NAME = "mdn-serve"
-EXTENSIONS = ["parameters", "model_configuration"]
+EXTENSIONS = ["parameters", "model_configuration", "statistics"]
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 CONTENT_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
 RAW_DTYPES = {"FP32": "<f4", "INT32": "<i4"}
@@ -342,3 +343,23 @@ def _raw_bytes(datatype: str, array: np.ndarray) -> bytes:
         parts = [s.encode() for s in array.ravel()]
         return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
     return np.ascontiguousarray(array, dtype=RAW_DTYPES[datatype]).tobytes()
+
+
+def model_statistics(entries: list[tuple[str, str, VersionStatistics]]) -> pb.ModelStatisticsResponse:
+    """Triton's ModelStatisticsResponse for (name, version, statistics) entries."""
+    response = pb.ModelStatisticsResponse()
+    for name, version, stats in entries:
+        with stats.lock:
+            out = response.model_stats.add(
+                name=name,
+                version=version,
+                last_inference=stats.last_inference_ms,
+                inference_count=stats.inference_count,
+                execution_count=stats.execution_count,
+            )
+            infer = out.inference_stats
+            for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+                duration = getattr(stats, field)
+                target = getattr(infer, field)
+                target.count, target.ns = duration.count, duration.ns
+    return response

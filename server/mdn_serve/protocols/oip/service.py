@@ -63,6 +63,12 @@ class OipServicer(ServicerBase):
         runtime = self.dataplane.resolve(request.name, request.version)
         return codec.model_config(runtime, self.dataplane.limits.max_rows)
 
+    @handler("ModelStatistics")
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        return codec.model_statistics(self.dataplane.statistics(request.name, request.version))
+
     @handler("ModelInfer", sheds=True)
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
