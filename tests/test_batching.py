@@ -311,8 +311,10 @@ def test_the_queue_is_bounded_in_time_by_the_work_ahead(runtime):
         with pytest.raises(QueueFull, match="before its deadline"):
             await batcher.submit(x, deadline=time.monotonic() + 0.5)
         refused_in = time.perf_counter() - start
+        failed = batcher.stats.fail.count  # refusals count as failed requests in the statistics
         with pytest.raises(QueueFull, match="no request like the last ones could be done within the queue-time"):
             batcher.shed()  # the early check, before a request is decoded: the work ahead alone is too much
+        assert batcher.stats.fail.count == failed + 1
         budget(0.0)  # the deadline only
         batcher.shed()  # no budget: nothing to shed early
         patient = asyncio.ensure_future(batcher.submit(x, deadline=time.monotonic() + 30))

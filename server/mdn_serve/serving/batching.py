@@ -30,7 +30,7 @@ import numpy as np
 from mdn_core.model import Mixture
 from numpy.typing import NDArray
 
-from mdn_serve.errors import InvalidInput, Unavailable
+from mdn_serve.errors import InvalidInput, QueueFull, Unavailable
 from mdn_serve.metrics import Metrics, fast_inc, fast_observe
 from mdn_serve.serving.eventloop import call_when_idle
 from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, Outputs, postprocess, split_plain
@@ -101,7 +101,11 @@ class DynamicBatcher:
     def shed(self) -> None:
         """Refuse at once (QueueFull) when the work ahead alone passes the queue-time budget: then no
         request, whatever its size or deadline, could be admitted."""
-        self._queue.shed(self.seconds_ahead(time.monotonic()))
+        try:
+            self._queue.shed(self.seconds_ahead(time.monotonic()))
+        except QueueFull:
+            self.stats.failed(0.0)  # a refusal is a failed request in the statistics, as at admission
+            raise
 
     def seconds_ahead(self, now: float) -> float:
         """Estimated seconds until a request queued now starts: the work queued and what is left of
