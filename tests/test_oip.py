@@ -290,3 +290,15 @@ def test_model_statistics_count_what_each_version_served(stub):
         stub.ModelStatistics(oip.ModelStatisticsRequest(name="nope"), timeout=10)
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     assert "statistics" in stub.ServerMetadata(oip.ServerMetadataRequest(), timeout=10).extensions
+
+
+def test_repository_index_lists_every_served_version(stub, server):
+    index = stub.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=10).models
+    assert {(m.name, m.version, m.state, m.reason) for m in index} == {(ARM, "1", "READY", ""), (TOY, "1", "READY", "")}
+    ready = stub.RepositoryIndex(oip.RepositoryIndexRequest(ready=True), timeout=10).models
+    assert [(m.name, m.version) for m in ready] == [(m.name, m.version) for m in index]
+    ours = server.server.settings.model_repository.resolve().name
+    assert len(stub.RepositoryIndex(oip.RepositoryIndexRequest(repository_name=ours), timeout=10).models) == 2
+    with pytest.raises(grpc.RpcError) as other:
+        stub.RepositoryIndex(oip.RepositoryIndexRequest(repository_name="elsewhere"), timeout=10)
+    assert other.value.code() == grpc.StatusCode.NOT_FOUND and ours in (other.value.details() or "")

@@ -11,6 +11,8 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from mdn_serve._proto.inference import grpc_service_pb2 as oip
+from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve.tools.client import MdnClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -85,6 +87,11 @@ def test_sighup_swaps_versions_under_load_and_refuses_bad_files(trained, tmp_pat
             wait_for(lambda: metric(proc.metrics_port, "mdn_model_load_failures_total") >= 1)
             assert client.get_model("two_link_arm").version == "2"
             assert "not serving two_link_arm version 3" in proc.log()
+            with grpc.insecure_channel(proc.target) as channel:  # the index says which and why
+                index = oip_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(oip.RepositoryIndexRequest())
+            states = {m.version: (m.state, m.reason) for m in index.models}
+            assert states["1"] == states["2"] == ("READY", "")
+            assert states["3"][0] == "UNAVAILABLE" and "model.onnx" in states["3"][1]
 
             # Removed versions go away; the rest carries on.
             shutil.rmtree(repo / "two_link_arm" / "1")

@@ -99,6 +99,11 @@ def test_triton_client_reads_model_statistics(triton_report):
     assert triton_report["stats_unknown_model"]["status"] == "StatusCode.NOT_FOUND"
 
 
+def test_triton_client_reads_the_repository_index(triton_report):
+    models = {(m["name"], m["version"], m["state"]) for m in triton_report["index"]["models"]}
+    assert models == {(ARM, "1", "READY"), ("inverse_sine", "1", "READY")}
+
+
 def test_triton_client_gets_our_error_statuses(triton_report):
     assert triton_report["wrong_shape"]["status"] == "StatusCode.INVALID_ARGUMENT"
     assert "takes 2 input column(s)" in triton_report["wrong_shape"]["message"]

@@ -58,6 +58,7 @@ class MdnServer:
             threads,
             batching,
         )
+        self.dataplane.repository_name = settings.model_repository.resolve().name
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
@@ -176,13 +177,17 @@ class MdnServer:
                 return
             s = self.settings
 
+            failures: dict[tuple[str, str], str] = {}
+
             def failed(name: str, version: str, reason: str) -> None:
                 self.metrics.load_failures.labels(name, version).inc()
+                failures[(name, version)] = reason
 
             fresh = await asyncio.to_thread(
                 current.reloaded, s.model_repository, self._providers, s.intra_op_threads, s.inter_op_threads, failed
             )
             self.metrics.reloads.inc()
+            self.dataplane.load_failures = failures  # what this reload refused (RepositoryIndex)
             if fresh is current:  # nothing changed: not worth a line at INFO every --poll-seconds
                 log.debug("repository unchanged")
                 return

@@ -90,6 +90,7 @@ def main() -> None:
         lambda: client.infer(model, [x], outputs=[triton.InferRequestedOutput("logits")])
     )
     report["stats_after"] = client.get_inference_statistics(model, as_json=True)
+    report["index"] = client.get_model_repository_index(as_json=True)
     report["stats_unknown_model"] = error_of(lambda: client.get_inference_statistics("no_such_model"))
     client.close()
     json.dump(report, sys.stdout)

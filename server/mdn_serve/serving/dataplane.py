@@ -52,6 +52,8 @@ class Dataplane:
         self.batching = batching or BatchingConfig(max_concurrent_batches=compute_threads)
         self.repository: ModelRepository | None = None
         self.accepting = True  # False once shutdown has begun: new calls get UNAVAILABLE
+        self.load_failures: dict[tuple[str, str], str] = {}  # (name, version) -> why a reload refused it
+        self.repository_name = ""  # the repository folder's name (the app sets it), as RepositoryIndex knows it
         self.responses = ResponseBudget(limits.max_response_bytes_in_flight, metrics)
         self._retiring: dict[asyncio.Future[None], DynamicBatcher] = {}
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
@@ -120,6 +122,16 @@ class Dataplane:
         batcher = self._batchers.get((runtime.name, runtime.version))
         if batcher is not None:
             batcher.shed()
+
+    def index(self, ready_only: bool) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) of every version served (READY) and, unless ready_only,
+        every version a reload refused and nothing serves (UNAVAILABLE); a served version whose
+        newer file was refused is READY with that reason."""
+        out = [(n, v, "READY", self.load_failures.get((n, v), "")) for n, v in sorted(self._batchers)]
+        if not ready_only:
+            out += [(n, v, "UNAVAILABLE", why) for (n, v), why in sorted(self.load_failures.items())
+                    if (n, v) not in self._batchers]  # fmt: skip
+        return sorted(out, key=lambda e: (e[0], int(e[1]) if e[1].isdigit() else 0))
 
     def statistics(self, name: str, version: str) -> list[tuple[str, str, VersionStatistics]]:
         """(name, version, statistics) of the loaded versions asked for: every model when name is

@@ -363,3 +363,11 @@ def model_statistics(entries: list[tuple[str, str, VersionStatistics]]) -> pb.Mo
                 target = getattr(infer, field)
                 target.count, target.ns = duration.count, duration.ns
     return response
+
+
+def repository_index(entries: list[tuple[str, str, str, str]]) -> pb.RepositoryIndexResponse:
+    """Triton's RepositoryIndexResponse for (name, version, state, reason) entries."""
+    response = pb.RepositoryIndexResponse()
+    for name, version, state, reason in entries:
+        response.models.add(name=name, version=version, state=state, reason=reason)
+    return response

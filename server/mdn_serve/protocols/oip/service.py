@@ -69,6 +69,18 @@ class OipServicer(ServicerBase):
     ) -> pb.ModelStatisticsResponse:
         return codec.model_statistics(self.dataplane.statistics(request.name, request.version))
 
+    @handler("RepositoryIndex")
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        ours = self.dataplane.repository_name
+        if request.repository_name and request.repository_name != ours:
+            raise ModelNotFound(
+                f"no repository named {request.repository_name[:64]!r}; this server serves one, {ours!r} "
+                "(or leave the name empty)"
+            )
+        return codec.repository_index(self.dataplane.index(request.ready))
+
     @handler("ModelInfer", sheds=True)
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
