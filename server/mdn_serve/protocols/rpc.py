@@ -115,7 +115,8 @@ def handler(method: str, sheds: bool = False) -> Callable[[Handler[S, Req, Resp]
         async def wrapped(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
             dataplane, protocol = self.dataplane, self.protocol
             metrics, responses = dataplane.metrics, dataplane.responses
-            model = self.model_of(request) or "-"
+            name = self.model_of(request)
+            model = name or "-"
             if model != "-" and (dataplane.repository is None or model not in dataplane.repository.models):
                 model = "unknown"  # keep label cardinality bounded whatever clients send, also while loading
             start = time.perf_counter()
@@ -126,7 +127,7 @@ def handler(method: str, sheds: bool = False) -> Callable[[Handler[S, Req, Resp]
                 if not dataplane.accepting:
                     raise Unavailable("the server is shutting down; retry on another replica")
                 if sheds:
-                    dataplane.shed(self.model_of(request), self.version_of(request))
+                    dataplane.shed(name, self.version_of(request))
                 call = responses.open_call()
                 try:
                     response = await fn(self, request, context)
