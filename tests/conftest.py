@@ -78,7 +78,7 @@ def start_server(log_path: Path, *args: str, wait_for: str = "SERVING", timeout:
     """Run `mdn-serve --port 0 --metrics-port 0 ...` and wait until its log says wait_for."""
     with log_path.open("wb") as handle:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mdn_serve.cli", "--port", "0", "--metrics-port", "0", *args],
+            [sys.executable, "-m", "mdn_serve.cli", "--port", "0", "--http-port", "0", "--metrics-port", "0", *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -132,6 +132,10 @@ class InProcessServer:
         return self.server.metrics_port or 0
 
     @property
+    def http_port(self) -> int:
+        return self.server.http_port or 0
+
+    @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
@@ -152,7 +156,7 @@ class InProcessServer:
 
 def serve_in_process(*args: str, timeout: float = 60.0) -> InProcessServer:
     """Build, bind, start and load a server from mdn-serve flags (ports 0 unless given); returns once SERVING."""
-    settings = parse_settings(["--port", "0", "--metrics-port", "0", *args], env={})
+    settings = parse_settings(["--port", "0", "--http-port", "0", "--metrics-port", "0", *args], env={})
     records = _Records()
     logger = logging.getLogger("mdn_serve")
     logger.addHandler(records)

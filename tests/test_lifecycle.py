@@ -35,7 +35,7 @@ REQUEST = pb.PredictRequest(
 
 def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mdn_serve.cli", "--port", "0", "--metrics-port", "-1", *args],
+        [sys.executable, "-m", "mdn_serve.cli", "--port", "0", "--http-port", "0", "--metrics-port", "-1", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -44,7 +44,7 @@ def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def start_up_error(caplog, *args: str) -> tuple[int, str]:
     """Run a server that cannot start in this process, as `mdn-serve` would: its exit code and log."""
-    settings = parse_settings(["--port", "0", "--metrics-port", "-1", *args], {})  # later flags win
+    settings = parse_settings(["--port", "0", "--http-port", "0", "--metrics-port", "-1", *args], {})  # later flags win
     with caplog.at_level(logging.ERROR, logger="mdn_serve"):
         code = run(settings)
     return code, caplog.text
@@ -204,7 +204,7 @@ def test_health_is_not_serving_while_models_load(trained, monkeypatch):
             await server.health.enter_graceful_shutdown()
             statuses.append((await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status)
 
-    run_in_process(Settings(model_repository=trained["models"], port=0, metrics_port=-1), scenario)
+    run_in_process(Settings(model_repository=trained["models"], port=0, http_port=0, metrics_port=-1), scenario)
     s = health_pb2.HealthCheckResponse
     assert statuses == [s.NOT_SERVING, s.SERVING, s.NOT_SERVING]
     assert labels == {"unknown"}  # the model label stays bounded while the repository loads
@@ -229,7 +229,7 @@ def test_an_unexpected_failure_is_internal_with_a_generic_message(trained, monke
 
     with caplog.at_level(logging.ERROR, logger="mdn_serve"):
         monkeypatch.setattr(ModelRuntime, "warm_up", lambda self: None)
-        run_in_process(Settings(model_repository=trained["models"], port=0, metrics_port=-1), scenario)
+        run_in_process(Settings(model_repository=trained["models"], port=0, http_port=0, metrics_port=-1), scenario)
     assert "secret detail of a bug" in caplog.text and "Traceback" in caplog.text
 
 
@@ -254,7 +254,8 @@ def test_messages_over_the_size_limit_are_resource_exhausted(trained):
             assert list(small.weights.shape) == [1, 3]
 
     run_in_process(
-        Settings(model_repository=trained["models"], port=0, metrics_port=-1, max_message_bytes=4096), scenario
+        Settings(model_repository=trained["models"], port=0, http_port=0, metrics_port=-1, max_message_bytes=4096),
+        scenario,
     )
 
 

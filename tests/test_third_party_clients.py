@@ -1,4 +1,5 @@
-"""Clients nobody here wrote, against the real server: Triton's Python client (and Node's grpc-js when present)."""
+"""Clients nobody here wrote, against the real server: Triton's Python clients, gRPC and HTTP (and Node's grpc-js
+when present)."""
 
 from __future__ import annotations
 
@@ -110,6 +111,71 @@ def test_triton_client_gets_our_error_statuses(triton_report):
     assert triton_report["unknown_model"]["status"] == "StatusCode.NOT_FOUND"
     assert triton_report["unknown_output"]["status"] == "StatusCode.INVALID_ARGUMENT"
     assert "unknown output 'logits'" in triton_report["unknown_output"]["message"]
+
+
+@pytest.fixture(scope="module")
+def triton_http_report(server) -> dict[str, Any]:
+    """What tritonclient.http saw against the HTTP/REST endpoint (JSON and binary tensors)."""
+    if not CLIENTS_PYTHON.exists():
+        pytest.fail(f"{CLIENTS_PYTHON} is missing: `make install` builds the third-party clients environment")
+    result = subprocess.run(
+        [str(CLIENTS_PYTHON), str(REPO / "tests" / "clients" / "triton_http_check.py"),
+         f"127.0.0.1:{server.http_port}", ARM],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_triton_http_client_sees_the_server_model_and_configuration(triton_http_report):
+    r = triton_http_report
+    assert (r["live"], r["ready"], r["model_ready"], r["unknown_model_ready"]) == (True, True, True, False)
+    assert r["server"]["name"] == "mdn-serve" and "binary_tensor_data" in r["server"]["extensions"]
+    assert r["model"]["platform"] == "onnx_onnxv1" and r["model"]["inputs"] == [["x", "FP32", [-1, 2]]]
+    assert r["config"]["max_batch_size"] == 64
+    assert r["config"]["inputs"] == [["x", "TYPE_FP32", [2], False], ["seed_state", "TYPE_FP32", [2], True]]
+    assert r["config"]["parameters"]["ik_target_layout"] == "planar"
+
+
+@pytest.mark.parametrize("encoding", ["json", "binary"])
+def test_triton_http_inference_matches_mdn_v1(server, triton_http_report, encoding):
+    r = triton_http_report
+    x = np.array([[0.6, 0.6], [0.9, 0.3]], np.float32)
+    assert r[f"default_{encoding}_response"] == {
+        "id": f"triton-http-{encoding}",
+        "model_name": ARM,
+        "model_version": "1",
+    }
+    with MdnClient(server.target) as client:
+        predicted = client.predict(ARM, x)
+        samples = client.sample(ARM, x, 20, seed=5, temperature=0.5).samples
+        modes = client.modes(ARM, x, max_modes=2)
+        solved = client.solve(ARM, x, seed=3)
+    d = r[f"default_{encoding}"]
+    for name in ("weights", "means", "scales"):
+        assert d[name]["dtype"] == "float32"
+        np.testing.assert_array_equal(np.array(d[name]["values"], np.float32), getattr(predicted, name))
+    c = r[f"chosen_{encoding}"]
+    assert r[f"chosen_{encoding}_outputs"] == [[n, encoding == "binary"] for n in c]  # binary exactly when asked
+    np.testing.assert_array_equal(np.array(c["samples"]["values"], np.float32), samples)
+    np.testing.assert_array_equal(np.array(c["modes"]["values"], np.float32), np.nan_to_num(modes.modes, nan=-999))
+    assert c["num_modes"]["dtype"] == "int32" and c["num_modes"]["values"] == modes.num_modes
+    np.testing.assert_array_equal(
+        np.array(c["ik_solutions"]["values"], np.float32), np.nan_to_num(solved.solutions, nan=-999)
+    )
+    assert c["ik_num_solutions"]["values"] == solved.num_solutions and c["ik_status"]["values"] == list(solved.status)
+
+
+def test_triton_http_client_reads_statistics_index_and_errors(triton_http_report):
+    r = triton_http_report
+    (before,), (after,) = r["stats_before"]["model_stats"], r["stats_after"]["model_stats"]
+    assert after["inference_count"] - before["inference_count"] == 4 * 2  # four inferences of two rows
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 4
+    assert {(m["name"], m["state"]) for m in r["index"]} == {(ARM, "READY"), ("inverse_sine", "READY")}
+    assert r["wrong_shape"]["status"] == "400" and "takes 2 input column(s)" in r["wrong_shape"]["message"]
+    assert r["unknown_model"]["status"] == "404" and r["stats_unknown_model"]["status"] == "404"
+    assert r["unknown_output"]["status"] == "400" and "unknown output 'logits'" in r["unknown_output"]["message"]
 
 
 NODE_DIR = REPO / "tests" / "clients" / "node"

@@ -93,7 +93,7 @@ def test_a_worker_that_cannot_start_fails_the_server(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "mdn_serve.cli", "--model-repository", str(tmp_path / "empty"), "--workers", "2",
-         "--port", "0", "--metrics-port", "-1"],
+         "--port", "0", "--http-port", "0", "--metrics-port", "-1"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     proc_log.write_text(result.stderr)

@@ -22,12 +22,13 @@ from mdn_serve.errors import MdnError
 from mdn_serve.metrics import Metrics
 from mdn_serve.metrics_http import serve_metrics
 from mdn_serve.protocols import ADAPTERS
+from mdn_serve.protocols.oip_http import HttpFrontend
 from mdn_serve.protocols.rpc import add_service
-from mdn_serve.security import BearerTokenInterceptor, read_token, server_credentials
+from mdn_serve.reloading import RepositoryLoader
+from mdn_serve.security import BearerTokenInterceptor, read_token, server_credentials, server_ssl_context
 from mdn_serve.serving.dataplane import Dataplane, Limits
 from mdn_serve.serving.eventloop import ServingEventLoop
 from mdn_serve.serving.queue import BatchingConfig
-from mdn_serve.serving.repository import ModelRepository, choose_providers
 
 log = logging.getLogger("mdn_serve")
 
@@ -37,7 +38,8 @@ ABANDON_SECONDS = 0.5  # after the grace period, how long abandoned calls get to
 
 
 class MdnServer:
-    """One gRPC server with the mdn.v1 service, health, reflection and a metrics endpoint."""
+    """One gRPC server with the mdn.v1 and OIP services, health and reflection; the OIP over HTTP/REST beside
+    it on the same event loop and dataplane; and a metrics endpoint."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -65,18 +67,24 @@ class MdnServer:
         self._metrics_server: Any = None
         size = settings.max_message_bytes
         interceptors = []
-        if settings.auth_token_file:
-            refused = self.metrics.unauthenticated.inc
-            interceptors.append(BearerTokenInterceptor(read_token(settings.auth_token_file), refused))
+        token = read_token(settings.auth_token_file) if settings.auth_token_file else None
+        refused = self.metrics.unauthenticated.inc
+        if token is not None:
+            interceptors.append(BearerTokenInterceptor(token, refused))
+        self.serving = False  # models loaded and not shutting down: what readiness reports
+        self.http = (
+            HttpFrontend(self.dataplane, size, lambda: self.serving, token, refused)
+            if settings.http_port >= 0
+            else None
+        )
+        self.http_port: int | None = None
         self.server = grpc.aio.server(
             options=grpc_options(settings),
             interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_calls,
         )
         self.health_server: grpc.aio.Server | None = None
-        self._providers: list[str] = []
-        self._reload_lock = asyncio.Lock()
-        self._poller: asyncio.Task[None] | None = None
+        self.loader = RepositoryLoader(settings, self.dataplane, self.metrics)
         self.health_port: int | None = None
         # Every adapter's services, in one loop: what is registered is what health and reflection list.
         elements = size // 4
@@ -118,6 +126,10 @@ class MdnServer:
         mode = "plaintext" if credentials is None else ("mutual TLS" if s.tls_client_ca else "TLS")
         auth = ", bearer token required" if s.auth_token_file else ""
         log.info("listening on %s:%d (gRPC, %s%s)", s.host, self.port, mode, auth)
+        if self.http is not None:
+            self.http_port = self.http.bind(s.host, s.http_port, s.share_port)
+            scheme = "http" if credentials is None else "https"
+            log.info("HTTP/REST on %s://%s:%d/v2 (%s%s)", scheme, s.host, self.http_port, mode, auth)
         return self.port
 
     async def start(self) -> None:
@@ -128,6 +140,10 @@ class MdnServer:
         for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.http is not None:
+            await self.http.start(
+                server_ssl_context(s), s.max_connection_idle_seconds, s.grace_seconds + ABANDON_SECONDS
+            )
         if self.health_server is not None:
             await self.health_server.start()
             log.info("health (plaintext) on %s:%d", s.host, self.health_port)
@@ -144,66 +160,23 @@ class MdnServer:
 
     async def load_models(self) -> None:
         """Load and warm up every model, then report SERVING."""
-        s = self.settings
-        providers = self._providers = choose_providers(s.device)
-        log.info("device %s: execution providers %s", s.device, providers)
-        repository = await asyncio.to_thread(
-            ModelRepository.load, s.model_repository, providers, s.intra_op_threads, s.inter_op_threads
-        )
-        self.dataplane.set_repository(repository)
-        for name, entry in sorted(repository.models.items()):
-            latest = entry.latest
-            log.info("model %s: versions %s, provider %s", name, ",".join(entry.version_list), latest.provider)
+        repository = await self.loader.load()
         for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("SERVING %d model(s) on %s:%d", len(repository.models), s.host, self.port)
-        if s.poll_seconds > 0:
-            self._poller = asyncio.get_running_loop().create_task(self._poll(s.poll_seconds))
-
-    async def _poll(self, seconds: float) -> None:
-        """--poll-seconds: look for new, changed and removed versions this often."""
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await self.reload()
-            except Exception:
-                log.exception("reload failed")
+        self.serving = True
+        log.info("SERVING %d model(s) on %s:%d", len(repository.models), self.settings.host, self.port)
 
     async def reload(self) -> None:
-        """Pick up new, changed and removed versions; each new file is loaded and warmed first."""
-        async with self._reload_lock:
-            current = self.dataplane.repository
-            if current is None:
-                return
-            s = self.settings
-
-            failures: dict[tuple[str, str], str] = {}
-
-            def failed(name: str, version: str, reason: str) -> None:
-                self.metrics.load_failures.labels(name, version).inc()
-                failures[(name, version)] = reason
-
-            fresh = await asyncio.to_thread(
-                current.reloaded, s.model_repository, self._providers, s.intra_op_threads, s.inter_op_threads, failed
-            )
-            self.metrics.reloads.inc()
-            self.dataplane.load_failures = failures  # what this reload refused (RepositoryIndex)
-            if fresh is current:  # nothing changed: not worth a line at INFO every --poll-seconds
-                log.debug("repository unchanged")
-                return
-            self.dataplane.set_repository(fresh)
-            log.info(
-                "repository reloaded: %s",
-                ", ".join(f"{n} {','.join(e.version_list)}" for n, e in sorted(fresh.models.items())),
-            )
+        """Pick up new, changed and removed versions (SIGHUP, --poll-seconds)."""
+        await self.loader.reload()
 
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         """NOT_SERVING first, keep serving for drain_delay (so load balancers notice), then stop
         taking calls (new ones get UNAVAILABLE) and let in-flight ones finish within grace. What is
         still queued or computing then is answered UNAVAILABLE and abandoned (the compute threads
         stop within one chunk), so the server is down within about a second of the grace period."""
-        if self._poller is not None:
-            self._poller.cancel()
+        self.loader.stop_polling()
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         if drain_delay > 0:
             log.info("draining: NOT_SERVING, still answering for %.1f s", drain_delay)
@@ -216,13 +189,15 @@ class MdnServer:
         await asyncio.sleep(min(STOP_SETTLE_SECONDS, grace))
         # gRPC's own grace runs a little past ours: abandoned calls then end with our UNAVAILABLE
         # rather than being cut off.
-        stopping = asyncio.ensure_future(self.server.stop(grace + ABANDON_SECONDS))
+        stopping = {asyncio.ensure_future(self.server.stop(grace + ABANDON_SECONDS))}
+        if self.http is not None:  # stops listening at once; waits for requests in flight
+            stopping.add(asyncio.ensure_future(self.http.stop()))
         left = max(0.0, over - asyncio.get_running_loop().time())
-        done, _ = await asyncio.wait({stopping}, timeout=left)
-        if not done:
+        _done, pending = await asyncio.wait(stopping, timeout=left)
+        if pending:
             answered = self.dataplane.abandon()
             log.warning("grace period over: %d queued or running request(s) answered UNAVAILABLE", answered)
-        await stopping
+        await asyncio.gather(*stopping)
         if self.health_server is not None:
             await self.health_server.stop(0)
         if self._metrics_server is not None:

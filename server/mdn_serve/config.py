@@ -25,6 +25,7 @@ class Settings:
     model_repository: Path = Path("models")
     host: str = "127.0.0.1"
     port: int = 8001
+    http_port: int = 8000  # the Open Inference Protocol over HTTP/REST, on --host; -1 disables it
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8002  # -1 disables the metrics endpoint
     device: str = "cpu"
@@ -101,8 +102,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         p.add_argument(flag, action="store_true", default=on, help=f"{help_text} (env {env_name}=1)")
 
     add("--model-repository", Path, "folder of <name>/<version>/model.onnx")
-    add("--host", str, "address to bind the gRPC server to; 0.0.0.0 for every interface")
+    add("--host", str, "address to bind the gRPC and HTTP servers to; 0.0.0.0 for every interface")
     add("--port", int, "gRPC port; 0 binds a free one and logs it")
+    add("--http-port", int, "HTTP/REST port (Open Inference Protocol, KServe v2); 0 binds a free one, -1 disables it")
     add("--metrics-host", str, "address of the Prometheus /metrics endpoint")
     add("--metrics-port", int, "Prometheus port; 0 picks a free one, -1 disables it")
     add("--device", str, "ONNX Runtime device", choices=DEVICES)
@@ -164,6 +166,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 <= settings.port <= 65535:
         problems.append("--port must be in 0..65535")
+    if not -1 <= settings.http_port <= 65535:
+        problems.append("--http-port must be in -1..65535")
     if not -1 <= settings.metrics_port <= 65535:
         problems.append("--metrics-port must be in -1..65535")
     if bool(settings.tls_cert) != bool(settings.tls_key):

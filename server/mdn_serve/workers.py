@@ -74,8 +74,12 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
 
     holder = reserve_port(settings.host, settings.port)
     port = holder.getsockname()[1]
-    worker_settings = replace(settings, port=port, metrics_port=-1, workers=1, share_port=True)
+    http_holder = reserve_port(settings.host, settings.http_port) if settings.http_port >= 0 else None
+    http_port = -1 if http_holder is None else http_holder.getsockname()[1]
+    worker_settings = replace(settings, port=port, http_port=http_port, metrics_port=-1, workers=1, share_port=True)
     log.info("listening on %s:%d (gRPC, %d workers)", settings.host, port, settings.workers)
+    if http_port >= 0:
+        log.info("HTTP/REST on %s:%d (%d workers)", settings.host, http_port, settings.workers)
 
     ready_read, ready_write = os.pipe()
     children: dict[int, int] = {}  # pid -> worker slot
@@ -146,6 +150,8 @@ def supervise(settings: Settings, metrics_dir: str) -> int:
         metrics_server.shutdown()
         metrics_server.server_close()
     holder.close()
+    if http_holder is not None:
+        http_holder.close()
     log.info("stopped")
     return exit_code
 

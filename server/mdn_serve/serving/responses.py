@@ -27,11 +27,12 @@ COPIES_HELD = 2
 class Call:
     """What one call holds of the budget."""
 
-    __slots__ = ("budget", "held")
+    __slots__ = ("budget", "held", "overhead")
 
     def __init__(self, budget: ResponseBudget) -> None:
         self.budget = budget
         self.held = 0
+        self.overhead = VALUES_OVERHEAD  # bytes on the wire per byte of tensor values, at most
 
     def settle(self, size: int) -> None:
         """The answer is made, `size` bytes serialized: hold what it takes instead of the estimate."""
@@ -63,12 +64,18 @@ class ResponseBudget:
         _CALL.set(call)
         return call
 
+    def current_overhead(self, overhead: float) -> None:
+        """The current call's answer may take `overhead` bytes per byte of tensor values (JSON text: 4)."""
+        call = _CALL.get()
+        if call is not None:
+            call.overhead = overhead
+
     def reserve(self, estimate: float) -> None:
         """Hold `estimate` bytes for the current call's answer, or raise Overloaded if they do not fit."""
         call = _CALL.get()
         if call is None:  # not inside a call (in-process use): nothing to hold
             return
-        size = int(estimate * VALUES_OVERHEAD * COPIES_HELD)
+        size = int(estimate * call.overhead * COPIES_HELD)
         if self.held and self.held + size > self.limit:
             self._refused(1)
             raise Overloaded(

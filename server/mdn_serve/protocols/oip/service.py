@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from mdn_serve.errors import ModelNotFound, Unavailable
-from mdn_serve.protocols.oip import codec
+from mdn_serve.protocols.oip import codec, outputs
 from mdn_serve.protocols.rpc import ServicerBase, deadline_of, handler
 
 if TYPE_CHECKING:  # annotations only: building and reading messages is the codec's job
@@ -87,8 +87,9 @@ class OipServicer(ServicerBase):
     ) -> pb.ModelInferResponse:
         runtime = self.dataplane.resolve(request.model_name, request.model_version)  # NOT_FOUND before input errors
         inputs, raw = codec.decode_inputs(request, self.max_elements)
-        names, ask = codec.plan(request, inputs.get(codec.SEED_STATE))
-        x = inputs[codec.MODEL_INPUT]
+        params = codec.grpc_parameters(request.parameters)
+        names, ask = outputs.plan(codec.output_names(request), params, inputs.get(outputs.SEED_STATE))
+        x = inputs[outputs.MODEL_INPUT]
         runtime, out = await self.dataplane.infer(
             "ModelInfer", runtime.name, runtime.version, x, ask, deadline_of(context)
         )

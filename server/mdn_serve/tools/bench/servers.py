@@ -67,7 +67,7 @@ def start_server(models: Path, extra: list[str], placement: Placement | None = N
     )
     process = subprocess.Popen(
         [sys.executable, "-c", launch, "--model-repository", str(models), "--port", "0",
-         "--metrics-port", "-1", "--max-rows", "16384", "--max-batch-rows", "16384", *extra],
+         "--http-port", "-1", "--metrics-port", "-1", "--max-rows", "16384", "--max-batch-rows", "16384", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     port = 0

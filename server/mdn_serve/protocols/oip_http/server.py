@@ -1,0 +1,321 @@
+"""The Open Inference Protocol over HTTP/REST (KServe v2, Triton's extensions), served by aiohttp.
+
+aiohttp's server runs on the gRPC server's own asyncio event loop, so both protocols share one
+process, one dataplane and one batcher per model version: an HTTP request and a gRPC request for
+the same model can land in the same ONNX Runtime batch. Every endpoint goes through `endpoint`,
+which does what the gRPC adapters' `handler` does (refusal while draining, early shedding, the
+response budget, metrics labelled protocol="oip-http") and maps the core's errors to HTTP
+statuses with a JSON body `{"error": "..."}` saying what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from mdn_serve import __version__
+from mdn_serve.errors import InvalidInput, MdnError, Unavailable
+from mdn_serve.protocols.oip import codec as oip
+from mdn_serve.protocols.oip.outputs import MODEL_INPUT
+from mdn_serve.protocols.oip_http import codec
+from mdn_serve.protocols.rpc import status_for
+from mdn_serve.serving.dataplane import Dataplane
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "oip-http"
+OPEN_PREFIX = "/v2/health/"  # probes work without the token
+# The HTTP status of each outcome, by the gRPC status name the metrics use for both protocols.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+# How long a client gets to take its answer: one that stops reading has its connection closed, so
+# the answer's memory (held against --max-response-bytes-in-flight until then) is freed.
+SEND_TIMEOUT_SECONDS = 60.0
+EXTENSIONS = [*oip.EXTENSIONS, "binary_tensor_data"]
+
+
+@dataclass
+class Answer:
+    body: bytes
+    status: int = 200
+    content_type: str = codec.JSON_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_answer(document: object, status: int = 200) -> Answer:
+    import json
+
+    return Answer(json.dumps(document, separators=(",", ":")).encode(), status)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = json_answer({"error": message}).body
+    return web.Response(body=body, status=status, content_type=codec.JSON_TYPE, headers=headers)
+
+
+Endpoint = Callable[["HttpFrontend", web.Request], Awaitable[Answer]]
+
+
+def endpoint(method: str, sheds: bool = False) -> Callable[[Endpoint], Callable[[HttpFrontend, web.Request], Any]]:
+    """Times the request, counts it by outcome, holds its answer against the response budget until
+    it is sent, and turns exceptions into HTTP errors (our own with their message, anything else
+    500 with a generic one and the traceback in the log)."""
+
+    def wrap(fn: Endpoint) -> Callable[[HttpFrontend, web.Request], Any]:
+        @functools.wraps(fn)
+        async def wrapped(self: HttpFrontend, request: web.Request) -> web.StreamResponse:
+            dataplane = self.dataplane
+            metrics = dataplane.metrics
+            name = request.match_info.get("model", "")
+            model = name or "-"
+            if model != "-" and (dataplane.repository is None or model not in dataplane.repository.models):
+                model = "unknown"  # bounded label cardinality, as for gRPC
+            start = time.perf_counter()
+            code = "OK"
+            in_flight = metrics.incrementer(metrics.in_flight, PROTOCOL, method)
+            in_flight(1)
+            call = dataplane.responses.open_call()
+            try:
+                if not dataplane.accepting and not request.path.startswith(OPEN_PREFIX):
+                    raise Unavailable("the server is shutting down; retry on another replica")
+                if sheds:
+                    dataplane.shed(name, request.match_info.get("version", ""))
+                answer = await fn(self, request)
+                call.settle(len(answer.body))
+                response = web.Response(
+                    body=answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers
+                )
+                try:
+                    async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                        await response.prepare(request)
+                        await response.write_eof()
+                except TimeoutError:
+                    code = "CANCELLED"
+                    if request.transport is not None:
+                        request.transport.abort()
+                return response
+            except MdnError as exc:
+                code = status_for(exc).name
+                return error_response(HTTP_STATUS.get(code, 500), str(exc))
+            except asyncio.CancelledError:  # the client went away
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("%s %s failed", PROTOCOL, method)
+                return error_response(500, "internal error; the server log has the details")
+            finally:
+                call.close()
+                in_flight(-1)
+                observe, count, errors = metrics.request_recorders(PROTOCOL, method, model, code)
+                observe(time.perf_counter() - start)
+                count(1)
+                if errors is not None:
+                    errors(1)
+
+        return wrapped
+
+    return wrap
+
+
+class HttpFrontend:
+    """The HTTP/REST routes over a Dataplane, and their server's lifecycle (bind, start, stop)."""
+
+    def __init__(
+        self,
+        dataplane: Dataplane,
+        max_message_bytes: int,
+        ready: Callable[[], bool],
+        token: bytes | None = None,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
+        self.dataplane = dataplane
+        self.max_message_bytes = max_message_bytes
+        self.max_elements = max_message_bytes // 4
+        self._ready = ready
+        self._expected = None if token is None else b"Bearer " + token
+        self._on_refused = on_refused
+        self.app = web.Application(client_max_size=max_message_bytes, middlewares=[self._guard])
+        self._add_routes()
+        self._sock: socket.socket | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _add_routes(self) -> None:
+        get, post = self.app.router.add_get, self.app.router.add_post
+        get("/v2/health/live", self.live, allow_head=False)
+        get("/v2/health/ready", self.server_ready, allow_head=False)
+        get("/v2", self.server_metadata, allow_head=False)
+        get("/v2/models/stats", self.statistics, allow_head=False)  # before /v2/models/{model}
+        post("/v2/repository/index", self.repository_index)
+        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            get(base, self.model_metadata, allow_head=False)
+            get(base + "/ready", self.model_ready, allow_head=False)
+            get(base + "/config", self.model_config, allow_head=False)
+            get(base + "/stats", self.statistics, allow_head=False)
+            post(base + "/infer", self.infer)
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The bearer token (health stays open; without it every path, real or not, is 401, so none can
+        be discovered), and aiohttp's own refusals (unknown path, wrong method) as JSON errors."""
+        if self._expected is not None and not request.path.startswith(OPEN_PREFIX):
+            sent = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(sent, self._expected):
+                if self._on_refused is not None:
+                    self._on_refused()
+                return error_response(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status == 404:
+                return error_response(404, f"no such endpoint {request.path[:200]!r}; see /v2 and /v2/models/<name>")
+            if exc.status == 405:
+                return error_response(405, f"{request.method} is not allowed on {request.path[:200]!r}",
+                                      {"Allow": exc.headers.get("Allow", "")})  # fmt: skip
+            raise
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def bind(self, host: str, port: int, share_port: bool = False) -> int:
+        """Bind the port now (0: a free one), so that it is known before any model loads; the port."""
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise MdnError(
+                f"cannot bind HTTP {host}:{port} ({exc.strerror}): is another server on it? pick another "
+                "--http-port, or -1 to turn HTTP off"
+            ) from None
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    async def start(self, ssl_context: ssl.SSLContext | None, keepalive_seconds: float, stop_seconds: float) -> None:
+        """Serve on the bound socket; stop() then waits up to stop_seconds for requests in flight."""
+        assert self._sock is not None, "bind() first"
+        runner = web.AppRunner(
+            self.app,
+            shutdown_timeout=stop_seconds,
+            access_log=None,
+            handler_cancellation=True,  # a client that disconnects cancels its request's work
+            keepalive_timeout=keepalive_seconds,
+        )
+        await runner.setup()
+        await web.SockSite(runner, self._sock, ssl_context=ssl_context, backlog=1024).start()
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Close the listening socket and every connection (in-flight requests are answered first by the
+        dataplane's own shutdown: see MdnServer.stop)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        elif self._sock is not None:
+            self._sock.close()
+
+    # --- endpoints -----------------------------------------------------------------------------------
+
+    @endpoint("ServerLive")
+    async def live(self, request: web.Request) -> Answer:
+        return json_answer({"live": True})
+
+    @endpoint("ServerReady")
+    async def server_ready(self, request: web.Request) -> Answer:
+        ready = self._ready()
+        return json_answer({"ready": ready}, 200 if ready else 503)
+
+    @endpoint("ServerMetadata")
+    async def server_metadata(self, request: web.Request) -> Answer:
+        return json_answer({"name": oip.SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
+
+    @endpoint("ModelMetadata")
+    async def model_metadata(self, request: web.Request) -> Answer:
+        runtime = self._resolve(request)
+        versions = self.dataplane.models().entry(runtime.name).version_list
+        return json_answer(oip.metadata_document(runtime, versions))
+
+    @endpoint("ModelReady")
+    async def model_ready(self, request: web.Request) -> Answer:
+        name = request.match_info["model"]
+        try:
+            runtime = self._resolve(request)
+        except Unavailable:
+            return json_answer({"name": name, "ready": False}, 503)
+        return json_answer({"name": runtime.name, "version": runtime.version, "ready": True})
+
+    @endpoint("ModelConfig")
+    async def model_config(self, request: web.Request) -> Answer:
+        return json_answer(oip.config_document(self._resolve(request), self.dataplane.limits.max_rows))
+
+    @endpoint("ModelStatistics")
+    async def statistics(self, request: web.Request) -> Answer:
+        name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
+        return json_answer(oip.statistics_document(self.dataplane.statistics(name, version)))
+
+    @endpoint("RepositoryIndex")
+    async def repository_index(self, request: web.Request) -> Answer:
+        body = await self._body(request)
+        options = codec.load_json(body) if body.strip() else {}
+        ready = options.get("ready", False) if isinstance(options, dict) else None
+        if not isinstance(ready, bool):
+            raise InvalidInput('the body must be empty or a JSON object like {"ready": true}')
+        return json_answer(oip.index_document(self.dataplane.index(ready)))
+
+    @endpoint("ModelInfer", sheds=True)
+    async def infer(self, request: web.Request) -> Answer:
+        runtime = self._resolve(request)  # NOT_FOUND before input errors
+        body = await self._body(request)
+        decoded = codec.decode_infer(body, request.headers.get(codec.HEADER_LENGTH), self.max_elements)
+        if len(decoded.binary) < len(decoded.names):  # some values go out as JSON text, up to 4x their size
+            self.dataplane.responses.current_overhead(codec.JSON_OVERHEAD)
+        deadline = None if decoded.timeout_us is None else time.monotonic() + decoded.timeout_us / 1e6
+        inputs = decoded.inputs
+        runtime, out = await self.dataplane.infer(
+            "ModelInfer", runtime.name, runtime.version, inputs[MODEL_INPUT], decoded.ask, deadline
+        )
+        body, header_length = codec.encode_infer(runtime, decoded, out)
+        if len(body) > self.max_message_bytes:
+            raise InvalidInput(
+                f"the answer is {len(body)} bytes, over this server's limit of {self.max_message_bytes} "
+                "(--max-message-bytes); ask for fewer rows or samples, or binary outputs (binary_data)"
+            )
+        if header_length is None:
+            return Answer(body)
+        return Answer(body, content_type=codec.BINARY_TYPE, headers={codec.HEADER_LENGTH: str(header_length)})
+
+    def _resolve(self, request: web.Request) -> Any:
+        return self.dataplane.resolve(request.match_info["model"], request.match_info.get("version", ""))
+
+    async def _body(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise InvalidInput(
+                f"the request body is over this server's limit of {self.max_message_bytes} bytes "
+                "(--max-message-bytes); split the request"
+            ) from None
