@@ -20,7 +20,7 @@ help:
 	@echo "make install   build $(VENV) from requirements.lock (server, trainer and dev tools)"
 	@echo "make train     train the default MDNs and least-squares baselines into $(RUNS)/"
 	@echo "make export    export ONNX models to $(MODELS)/<name>/<version>/, evaluate them, plot"
-	@echo "make serve     serve $(MODELS)/ over gRPC on :8001, Prometheus metrics on :8002"
+	@echo "make serve     serve $(MODELS)/ over gRPC on :8001 and HTTP on :8000, Prometheus metrics on :8002"
 	@echo "make loadtest  load-test a running server (LOADTEST_ARGS=...)"
 	@echo "make bench     benchmark against the in-process and no-op ceilings -> $(RUNS)/bench/"
 	@echo "make test      lint, type-check and run the test suite"

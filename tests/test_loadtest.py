@@ -103,6 +103,10 @@ def test_bench_smoke_writes_its_report(trained, tmp_path):
     names = [t["target"] for t in report["targets"]]
     assert sum(name.startswith("Predict batch 1, 32 clients") for name in names) == 2
     assert "start to SERVING, seconds" in names
+    http = report["http_results"]  # JSON at batch 1, binary at 1024, each on ours and the no-op HTTP server
+    assert [(e["batch"], e["binary"]) for e in http] == [(1, False), (1024, True)]
+    assert all(set(e["ours"]["codes"]) == {"200"} and e["noop"]["requests_per_second"] > 0 for e in http)
+    assert "over HTTP/REST" in (tmp_path / "report.md").read_text()
     from mdn_serve.config import Settings
     from mdn_serve.tools.bench.overload import QUEUE_BUDGET_SECONDS
 

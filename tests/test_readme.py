@@ -84,3 +84,61 @@ def test_the_python_client_snippet_runs(server, capsys):
 
 def test_every_example_model_is_covered():
     assert len(console_examples()) >= 2  # the modes and the planar ik examples
+
+
+def curl_examples() -> list[tuple[str, str]]:
+    """(command, expected output) for each `$ curl` line (with its continuation lines) of the README."""
+    out = []
+    for block in blocks("console"):
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            if not lines[i].startswith("$ curl "):
+                i += 1
+                continue
+            command = lines[i][2:]
+            while command.endswith("\\") or command.count("'") % 2:  # a continued line, or an open quote
+                i += 1
+                command = command + "\n" + lines[i]
+            i += 1
+            expected = []
+            while i < len(lines) and not lines[i].startswith("$ "):
+                expected.append(lines[i])
+                i += 1
+            out.append((command, "\n".join(expected)))
+    return out
+
+
+def same_json(want: object, got: object, tolerance: float = 1e-3) -> None:
+    """Equal structure and text; numbers within tolerance (the test server's models are smaller)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), (want, got)
+        for key in want:
+            same_json(want[key], got[key], tolerance)
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), (want, got)
+        for w, g in zip(want, got, strict=True):
+            same_json(w, g, tolerance)
+    elif isinstance(want, float) or (isinstance(want, int) and not isinstance(want, bool) and isinstance(got, float)):
+        assert isinstance(got, int | float) and abs(got - want) <= tolerance, (want, got)
+    else:
+        assert got == want, (want, got)
+
+
+def test_the_readme_has_curl_examples():
+    assert len(curl_examples()) >= 4
+
+
+@pytest.mark.parametrize(("command", "expected"), curl_examples(), ids=lambda v: v.split("\n")[0][:60])
+def test_curl_examples_answer_what_the_readme_shows(server, command, expected):
+    """Each curl line runs verbatim (but for the port) against the test server's HTTP endpoint."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed: the README's HTTP examples need it")
+    here = command.replace("localhost:8000", f"127.0.0.1:{server.http_port}")
+    result = subprocess.run(["bash", "-c", here], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    same_json(json.loads(expected), json.loads(result.stdout))

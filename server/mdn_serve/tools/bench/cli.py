@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mdn_serve.tools.bench import run as bench_run
 from mdn_serve.tools.bench.ceilings import Placement
+from mdn_serve.tools.bench.http import HTTP_POINTS
 from mdn_serve.tools.bench.points import QUICK, default_points
 from mdn_serve.tools.bench.report import plot, render
 from mdn_serve.tools.bench.run import run_bench
@@ -39,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     points = QUICK if args.quick else default_points()
     server_args = ["--device", args.device, *args.server_args]
     placement = Placement() if args.no_pin else Placement.split()
+    http_points = [HTTP_POINTS[1], HTTP_POINTS[2]] if args.quick else HTTP_POINTS
     report = run_bench(
-        args.models, args.model, points, args.seconds, server_args, args.repeats, args.tuned_delay_ms, placement
-    )
+        args.models, args.model, points, args.seconds, server_args, args.repeats, args.tuned_delay_ms, placement,
+        http_points,
+    )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     text = render(report)

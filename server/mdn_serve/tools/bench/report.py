@@ -97,6 +97,24 @@ def render(report: dict[str, Any]) -> str:
             "",
             *_table(report["tuned_results"]),
         ]
+    if report.get("http_results"):
+        lines += [
+            "",
+            "Open Inference Protocol over HTTP/REST (the mixture), against a no-op aiohttp server answering "
+            "with a canned body of the same size, right after ours:",
+            "",
+            "| load | ours req/s | ours rows/s | p50 | p99 | no-op req/s | vs no-op | errors |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for e in report["http_results"]:
+            o, n = e["ours"], e["noop"]
+            errors = sum(v for k, v in o["codes"].items() if k != "200")
+            lines.append(
+                f"| {e['label']} | {o['requests_per_second']:.0f} | {o['requests_per_second'] * e['batch']:.0f} | "
+                f"{o['latency_ms'].get('p50', 0):.2f} | "
+                f"{o['latency_ms'].get('p99', 0):.2f} | {n['requests_per_second']:.0f} | "
+                f"{e['vs_noop_requests']:.2f} | {errors} |"
+            )
     if report.get("ik_results"):
         lines += [
             "",

@@ -4,7 +4,9 @@
 - transport ceiling: a no-op gRPC server that answers each request with a canned response of
   the same size as ours, driven by the same load generator;
 - our server (a real `mdn-serve` process), for Predict at several batch sizes, Sample and Modes,
-  with 1 and 32 concurrent clients; each point right before the no-op server's run of it.
+  with 1 and 32 concurrent clients; each point right before the no-op server's run of it;
+- over HTTP/REST: the mixture at batch 1 (JSON) and 1024 (binary tensors) against a no-op HTTP
+  server on the same stack (aiohttp), the same way.
 
 Predict at batch 1 with 32 clients is repeated (median kept) and measured again with a queue
 delay. The servers run on half of the CPUs and the load generator on the other half.
@@ -25,6 +27,7 @@ from typing import Any
 import onnxruntime as ort
 
 from mdn_serve.tools.bench.ceilings import Placement, _serve_noop, canned_responses, onnx_ceiling
+from mdn_serve.tools.bench.http import HTTP_POINTS, HttpPoint, bodies, canned_answers, measure_http, serve_noop_http
 from mdn_serve.tools.bench.ik import IK_BATCHES, IK_MODEL, measure_ik
 from mdn_serve.tools.bench.overload import OVERLOAD_BATCH, OVERLOAD_FACTOR, measure_overload
 from mdn_serve.tools.bench.points import HEADLINE, Point
@@ -76,13 +79,15 @@ def run_bench(
     repeats: int = 3,
     tuned_delay_ms: float = 2.0,
     placement: Placement | None = None,
+    http_points: list[HttpPoint] | None = None,
 ) -> dict[str, Any]:
     """The whole comparison; this process runs the load generator and the in-process ceiling."""
     placement = placement or Placement()
     before = os.sched_getaffinity(0) if placement.client is not None else None
     placement.enter_client()
     try:
-        return _run_bench(models, model, points, seconds, server_args, repeats, tuned_delay_ms, placement)
+        return _run_bench(models, model, points, seconds, server_args, repeats, tuned_delay_ms, placement,
+                          HTTP_POINTS if http_points is None else http_points)  # fmt: skip
     finally:
         if before is not None:
             os.sched_setaffinity(0, before)
@@ -97,6 +102,7 @@ def _run_bench(
     repeats: int,
     tuned_delay_ms: float,
     placement: Placement,
+    http_points: list[HttpPoint],
 ) -> dict[str, Any]:
     model_path = max((models / model).iterdir(), key=lambda p: int(p.name)) / "model.onnx"
     batches = sorted({p.batch for p in points if p.rpc == "predict"})
@@ -112,8 +118,10 @@ def _run_bench(
     rss_tuned = 0.0
     ik: list[dict[str, Any]] = []
     overload: dict[str, Any] = {}
+    http: list[dict[str, Any]] = []
     context = mp.get_context("spawn")
     noop: Any = None
+    noop_http: Any = None
     try:
         responses, info = canned_responses(f"127.0.0.1:{server.port}", model, points)
         queue: Any = context.Queue()
@@ -124,6 +132,13 @@ def _run_bench(
             print(f"{point.label}: mdn-serve, then the no-op server ...", flush=True)
             n = repeats if point == HEADLINE else 1
             results.append(measure(f"127.0.0.1:{server.port}", noop_target, model, point, seconds, info, n))
+        if http_points:
+            requests = bodies(info[1], http_points)
+            answers = asyncio.run(canned_answers(f"http://127.0.0.1:{server.http_port}/v2/models/{model}/infer",
+                                                 requests))  # fmt: skip
+            noop_http = context.Process(target=serve_noop_http, args=(answers, queue, placement), daemon=True)
+            noop_http.start()
+            http = measure_http(server.http_port, queue.get(timeout=60), model, requests, seconds)
         print(f"Modes batch {OVERLOAD_BATCH} at {OVERLOAD_FACTOR:g}x capacity (open loop) ...", flush=True)
         overload = measure_overload(f"127.0.0.1:{server.port}", model, seconds, info)
         if (models / IK_MODEL).is_dir():
@@ -141,9 +156,10 @@ def _run_bench(
             rss_tuned = server.rss_mb()
     finally:
         server.stop()
-        if noop is not None:
-            noop.terminate()
-            noop.join(10)
+        for process in (noop, noop_http):
+            if process is not None:
+                process.terminate()
+                process.join(10)
 
     for entry in results:
         point, ours = entry["point"], entry["ours"]
@@ -166,6 +182,7 @@ def _run_bench(
         "ort_ceiling_rows_per_second": {"1_thread": ceiling_1, "default_threads": ceiling_all},
         "results": results,
         "tuned_results": tuned,
+        "http_results": http,
         "ik_results": ik,
         "overload": overload,
         "targets": targets(results, tuned, start_seconds, max(rss_start, rss_end, rss_tuned), overload),

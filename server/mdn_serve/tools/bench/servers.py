@@ -18,6 +18,7 @@ from mdn_serve.tools.bench.ceilings import Placement
 class ServerProcess:
     process: subprocess.Popen[str]
     port: int
+    http_port: int
     start_seconds: float
     log_reader: threading.Thread
 
@@ -67,15 +68,18 @@ def start_server(models: Path, extra: list[str], placement: Placement | None = N
     )
     process = subprocess.Popen(
         [sys.executable, "-c", launch, "--model-repository", str(models), "--port", "0",
-         "--http-port", "-1", "--metrics-port", "-1", "--max-rows", "16384", "--max-batch-rows", "16384", *extra],
+         "--http-port", "0", "--metrics-port", "-1", "--max-rows", "16384", "--max-batch-rows", "16384", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    port = 0
+    port = http_port = 0
     assert process.stdout is not None
     for line in process.stdout:
         found = re.search(r"listening on [^ ]+:(\d+)", line)
         if found:
             port = int(found.group(1))
+        found = re.search(r"HTTP/REST on https?://[^ ]+:(\d+)/", line)
+        if found:
+            http_port = int(found.group(1))
         if "SERVING" in line:
             break
     else:
@@ -84,4 +88,4 @@ def start_server(models: Path, extra: list[str], placement: Placement | None = N
     # Keep draining the log so the server never blocks on a full pipe.
     reader = threading.Thread(target=process.stdout.read, daemon=True)
     reader.start()
-    return ServerProcess(process, port, elapsed, reader)
+    return ServerProcess(process, port, http_port, elapsed, reader)
