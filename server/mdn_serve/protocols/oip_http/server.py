@@ -48,6 +48,7 @@ HTTP_STATUS = {
 # How long a client gets to take its answer: one that stops reading has its connection closed, so
 # the answer's memory (held against --max-response-bytes-in-flight until then) is freed.
 SEND_TIMEOUT_SECONDS = 60.0
+SMALL_ANSWER_BYTES = 64 * 1024  # answers up to this size are handed to aiohttp without the send timeout
 EXTENSIONS = [*oip.EXTENSIONS, "binary_tensor_data"]
 
 
@@ -102,6 +103,8 @@ def endpoint(method: str, sheds: bool = False) -> Callable[[Endpoint], Callable[
                 response = web.Response(
                     body=answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers
                 )
+                if len(answer.body) <= SMALL_ANSWER_BYTES:  # goes into the socket's buffer at once: aiohttp sends it
+                    return response
                 try:
                     async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
                         await response.prepare(request)
