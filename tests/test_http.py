@@ -350,3 +350,8 @@ def test_http_is_off_with_port_minus_one(trained):
         assert proc.server.http_port is None and "HTTP/REST" not in proc.log()
     finally:
         proc.stop()
+
+
+def test_a_taken_http_port_stops_start_up_with_the_flag_to_change(server, trained):
+    with pytest.raises(AssertionError, match=r"cannot bind HTTP 127\.0\.0\.1:\d+ .*pick another --http-port"):
+        serve_in_process("--model-repository", str(trained["models"]), "--http-port", str(server.http_port))

@@ -24,8 +24,8 @@ from mdn_serve.metrics_http import serve_metrics
 from mdn_serve.protocols import ADAPTERS
 from mdn_serve.protocols.oip_http import HttpFrontend
 from mdn_serve.protocols.rpc import add_service
-from mdn_serve.reloading import RepositoryLoader
 from mdn_serve.security import BearerTokenInterceptor, read_token, server_credentials, server_ssl_context
+from mdn_serve.serving.control import ModelControl
 from mdn_serve.serving.dataplane import Dataplane, Limits
 from mdn_serve.serving.eventloop import ServingEventLoop
 from mdn_serve.serving.queue import BatchingConfig
@@ -84,7 +84,7 @@ class MdnServer:
             maximum_concurrent_rpcs=settings.max_concurrent_calls,
         )
         self.health_server: grpc.aio.Server | None = None
-        self.loader = RepositoryLoader(settings, self.dataplane, self.metrics)
+        self.control = self.dataplane.control = ModelControl(settings, self.dataplane, self.metrics)
         self.health_port: int | None = None
         # Every adapter's services, in one loop: what is registered is what health and reflection list.
         elements = size // 4
@@ -160,7 +160,7 @@ class MdnServer:
 
     async def load_models(self) -> None:
         """Load and warm up every model, then report SERVING."""
-        repository = await self.loader.load()
+        repository = await self.control.start()
         for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.serving = True
@@ -168,14 +168,14 @@ class MdnServer:
 
     async def reload(self) -> None:
         """Pick up new, changed and removed versions (SIGHUP, --poll-seconds)."""
-        await self.loader.reload()
+        await self.control.reload()
 
     async def stop(self, grace: float | None = None, drain_delay: float = 0.0) -> None:
         """NOT_SERVING first, keep serving for drain_delay (so load balancers notice), then stop
         taking calls (new ones get UNAVAILABLE) and let in-flight ones finish within grace. What is
         still queued or computing then is answered UNAVAILABLE and abandoned (the compute threads
         stop within one chunk), so the server is down within about a second of the grace period."""
-        self.loader.stop_polling()
+        self.control.stop_polling()
         self.serving = False
         await self.health.enter_graceful_shutdown()
         if drain_delay > 0:

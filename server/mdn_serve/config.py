@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 DEVICES = ("cpu", "cuda", "auto")
+CONTROL_MODES = ("none", "explicit")
 CONNECTION_AGE_GRACE_SECONDS = 30.0  # calls in flight on a connection closed for its age get this long
 
 
@@ -60,6 +61,8 @@ class Settings:
     auth_token_file: str = ""  # a file holding the bearer token every call but health must carry
     disable_reflection: bool = False
     poll_seconds: float = 0.0  # look for new, changed or removed versions this often; 0: on SIGHUP only
+    model_control_mode: str = "none"  # none: load everything, reload on SIGHUP/poll; explicit: load/unload on request
+    load_model: tuple[str, ...] = ()  # explicit mode: the models to load at start
     drain_delay_seconds: float = 0.0  # on SIGTERM: NOT_SERVING, but keep serving this long first
     grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
     log_level: str = "INFO"
@@ -136,6 +139,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--health-port", int, "plaintext port serving only the health service, for probes; -1: none")
     add("--auth-token-file", str, "file with a bearer token every call except health must send")
     switch("--disable-reflection", "do not serve gRPC server reflection")
+    add("--model-control-mode", str, "none: serve every model in the repository (SIGHUP and --poll-seconds reload "
+        "it); explicit: serve the --load-model models, load and unload others on request (RepositoryModelLoad/"
+        "Unload)", choices=CONTROL_MODES)  # fmt: skip
+    p.add_argument(
+        "--load-model", action="append", default=[m for m in env.get("MDN_LOAD_MODEL", "").split(",") if m],
+        help="with --model-control-mode explicit: a model to load at start (repeat it for more; env "
+        "MDN_LOAD_MODEL=a,b)",
+    )  # fmt: skip
     add("--poll-seconds", float, "reload the model repository this often (SIGHUP always reloads); 0: never")
     add("--drain-delay-seconds", float, "on SIGTERM, report NOT_SERVING but keep serving this long (probe propagation)")
     add("--grace-seconds", float, "time in-flight requests get to finish on SIGTERM/SIGINT")
@@ -148,7 +159,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     environment = os.environ if env is None else env
     parser = build_parser(environment)
     args = parser.parse_args(argv)
-    settings = Settings(**vars(args))  # share_port keeps its default: it is no flag
+    values = vars(args)
+    values["load_model"] = tuple(values["load_model"])
+    settings = Settings(**values)  # share_port keeps its default: it is no flag
     problems = []
     for name in (
         "workers",
@@ -188,6 +201,11 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     for name in (*non_negative, "drain_delay_seconds", "grace_seconds"):
         if getattr(settings, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
+    if settings.model_control_mode == "explicit" and settings.poll_seconds > 0:
+        problems.append("--poll-seconds reloads the whole repository: with --model-control-mode explicit, load and "
+                        "unload models on request instead (SIGHUP refreshes the loaded ones)")  # fmt: skip
+    if settings.load_model and settings.model_control_mode != "explicit":
+        problems.append("--load-model goes with --model-control-mode explicit (otherwise every model loads)")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("--log-level must be DEBUG, INFO, WARNING or ERROR")
     if problems:

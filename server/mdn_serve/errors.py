@@ -27,6 +27,11 @@ class ModelLoadError(MdnError):
     """A model in the repository cannot be served (raised at start-up, naming the file)."""
 
 
+class LoadFailed(MdnError):
+    """A model cannot be loaded or unloaded on request: its file fails, or the server does not take
+    such requests (gRPC FAILED_PRECONDITION)."""
+
+
 class Unavailable(MdnError):
     """The server cannot take the request now (gRPC UNAVAILABLE)."""
 

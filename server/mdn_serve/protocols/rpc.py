@@ -25,6 +25,7 @@ from mdn_serve.errors import (
     DeadlineExpired,
     InvalidInput,
     LimitExceeded,
+    LoadFailed,
     MdnError,
     ModelNotFound,
     Overloaded,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 STATUS_OF: dict[type[MdnError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     LimitExceeded: grpc.StatusCode.INVALID_ARGUMENT,
+    LoadFailed: grpc.StatusCode.FAILED_PRECONDITION,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -11,6 +11,7 @@ import asyncio
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from mdn_core.chain import TARGET_NAMES, target_features
@@ -25,6 +26,9 @@ from mdn_serve.serving.queue import BatchingConfig
 from mdn_serve.serving.repository import ModelRepository, ModelRuntime
 from mdn_serve.serving.responses import ResponseBudget
 from mdn_serve.serving.statistics import VersionStatistics
+
+if TYPE_CHECKING:
+    from mdn_serve.serving.control import ModelControl
 
 __all__ = ["Ask", "Dataplane", "IkSpec", "Limits", "Outputs", "SampleSpec"]
 
@@ -54,16 +58,17 @@ class Dataplane:
         self.accepting = True  # False once shutdown has begun: new calls get UNAVAILABLE
         self.load_failures: dict[tuple[str, str], str] = {}  # (name, version) -> why a reload refused it
         self.repository_name = ""  # the repository folder's name (the app sets it), as RepositoryIndex knows it
+        self.control: ModelControl | None = None  # loads and unloads models (the app sets it)
         self.responses = ResponseBudget(limits.max_response_bytes_in_flight, metrics)
         self._retiring: dict[asyncio.Future[None], DynamicBatcher] = {}
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
         self._executor = ThreadPoolExecutor(max_workers=compute_threads, thread_name_prefix="mdn-compute")
 
-    def set_repository(self, repository: ModelRepository) -> None:
+    def set_repository(self, repository: ModelRepository) -> list[asyncio.Future[None]]:
         """Serve this repository from now on (at start, and atomically on every reload).
 
         Batchers of unchanged versions carry on; those of replaced or removed versions finish
-        what they hold, then stop.
+        what they hold, then stop: the returned futures are done when they have.
         """
         old = self._batchers
         batchers: dict[tuple[str, str], DynamicBatcher] = {}
@@ -77,12 +82,16 @@ class Dataplane:
                     batchers[key] = DynamicBatcher(runtime, self._executor, self.metrics, self.batching)
                     self.metrics.model_info.labels(entry.name, version, runtime.provider).set(1)
         self._batchers, self.repository = batchers, repository
+        retired: list[asyncio.Future[None]] = []
         for key, batcher in old.items():
             if batchers.get(key) is not batcher:
                 if key not in batchers:
                     self.metrics.model_info.remove(*key, batcher.runtime.provider)
-                self._retiring[asyncio.ensure_future(batcher.retire())] = batcher
-                self._retiring = {t: b for t, b in self._retiring.items() if not t.done()}
+                retiring = asyncio.ensure_future(batcher.retire())
+                self._retiring[retiring] = batcher
+                retired.append(retiring)
+        self._retiring = {t: b for t, b in self._retiring.items() if not t.done()}
+        return retired
 
     @property
     def ready(self) -> bool:
@@ -99,6 +108,11 @@ class Dataplane:
         for batcher in self._batchers.values():
             await batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def model_control(self) -> ModelControl:
+        if self.control is None:
+            raise Unavailable("this server has no model control")
+        return self.control
 
     def models(self) -> ModelRepository:
         if self.repository is None:

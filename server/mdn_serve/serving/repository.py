@@ -7,7 +7,7 @@ Files are opened with mdn_core.model.load_model, which checks the contract and t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,29 +121,58 @@ class ModelEntry:
         return self.versions[self.version_list[-1]]
 
 
-def discover(root: Path) -> dict[str, dict[str, Path]]:
-    """Find model files; hidden entries (staging folders of mdn-export) are skipped."""
+def model_versions(model_dir: Path) -> dict[str, Path]:
+    """A model folder's versions ({"1": path, ...}); ModelLoadError for a malformed version folder."""
+    versions: dict[str, Path] = {}
+    for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not version_dir.name.isdigit() or int(version_dir.name) < 1:
+            raise ModelLoadError(f"{version_dir}: version folders must be positive integers")
+        path = version_dir / MODEL_FILENAME
+        if not path.is_file():
+            raise ModelLoadError(f"{version_dir}: no {MODEL_FILENAME} in this version folder")
+        versions[str(int(version_dir.name))] = path
+    return versions
+
+
+def model_folders(root: Path) -> dict[str, Path]:
+    """The repository's model folders by name (hidden ones, mdn-export's staging folders, skipped)."""
     if not root.is_dir():
         raise ModelLoadError(
             f"model repository {root} is not a folder; run `make train export` or pass --model-repository"
         )
-    found: dict[str, dict[str, Path]] = {}
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions: dict[str, Path] = {}
-        for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if not version_dir.name.isdigit() or int(version_dir.name) < 1:
-                raise ModelLoadError(f"{version_dir}: version folders must be positive integers")
-            path = version_dir / MODEL_FILENAME
-            if not path.is_file():
-                raise ModelLoadError(f"{version_dir}: no {MODEL_FILENAME} in this version folder")
-            versions[str(int(version_dir.name))] = path
-        if versions:
-            found[model_dir.name] = versions
-    if not found:
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def discover(root: Path, names: Collection[str] | None = None) -> dict[str, dict[str, Path]]:
+    """Find model files (of the named models only, when names is given; each must exist)."""
+    folders = model_folders(root)
+    if names is not None:
+        missing = sorted(set(names) - set(folders))
+        if missing:
+            raise ModelNotFound(
+                f"no model {_shown(missing[0])} under {root}; models there: {', '.join(folders) or 'none'}"
+            )
+        folders = {n: folders[n] for n in names}
+    found = {name: versions for name, path in folders.items() if (versions := model_versions(path))}
+    if not found and names is None:
         raise ModelLoadError(
             f"no models under {root} (expected <name>/<version>/{MODEL_FILENAME}); run `make train export`"
         )
     return found
+
+
+def _load_entry(
+    name: str, versions: dict[str, Path], providers: list[str], intra_op_threads: int, inter_op_threads: int
+) -> ModelEntry:
+    """Load and warm up versions of one model; ModelLoadError (naming the file) at the first that fails."""
+    entry = ModelEntry(name)
+    for version, path in versions.items():
+        runtime = ModelRuntime(name, version, path, providers, intra_op_threads, inter_op_threads)
+        if runtime.metadata.name != name:
+            log.warning("%s: metadata names the model %r; serving it as %r", path, runtime.metadata.name, name)
+        runtime.warm_up()
+        entry.versions[version] = runtime
+    return entry
 
 
 class ModelRepository:
@@ -156,20 +185,45 @@ class ModelRepository:
 
     @classmethod
     def load(
-        cls, root: Path, providers: list[str], intra_op_threads: int = 0, inter_op_threads: int = 0
+        cls,
+        root: Path,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        names: Collection[str] | None = None,
     ) -> ModelRepository:
-        """Load and warm up every version; the first bad file stops start-up with its name."""
+        """Load and warm up every version (of the named models only, when names is given); the first
+        bad file stops start-up with its name."""
         models: dict[str, ModelEntry] = {}
-        for name, versions in discover(root).items():
-            entry = ModelEntry(name)
-            for version, path in versions.items():
-                runtime = ModelRuntime(name, version, path, providers, intra_op_threads, inter_op_threads)
-                if runtime.metadata.name != name:
-                    log.warning("%s: metadata names the model %r; serving it as %r", path, runtime.metadata.name, name)
-                runtime.warm_up()
-                entry.versions[version] = runtime
-            models[name] = entry
+        for name, versions in discover(root, names).items():
+            models[name] = _load_entry(name, versions, providers, intra_op_threads, inter_op_threads)
         return cls(models)
+
+    def with_model(
+        self, root: Path, name: str, providers: list[str], intra_op_threads: int = 0, inter_op_threads: int = 0
+    ) -> ModelRepository:
+        """A new repository serving every version of `name` now on disk (loaded, or reloaded where the
+        file changed; unchanged files are reused). ModelNotFound when there is no such folder, and
+        ModelLoadError when any version fails: then nothing changes."""
+        versions = discover(root, [name])[name] if name in model_folders(root) else None
+        if versions is None:
+            raise ModelNotFound(
+                f"no model {_shown(name)} under {root}; models there: {', '.join(model_folders(root)) or 'none'}"
+            )
+        if not versions:
+            raise ModelLoadError(f"{root / name}: no version folders (expected <version>/{MODEL_FILENAME})")
+        old = self.models.get(name)
+        reuse = {v: r for v, r in (old.versions.items() if old else ()) if v in versions
+                 and r.file_stamp == file_stamp(versions[v])}  # fmt: skip
+        fresh = {v: p for v, p in versions.items() if v not in reuse}
+        entry = _load_entry(name, fresh, providers, intra_op_threads, inter_op_threads)
+        entry.versions.update(reuse)
+        return ModelRepository({**self.models, name: entry})
+
+    def without_model(self, name: str) -> ModelRepository:
+        """A new repository without `name` (ModelNotFound when it is not loaded)."""
+        self.entry(name)
+        return ModelRepository({n: e for n, e in self.models.items() if n != name})
 
     def reloaded(
         self,
@@ -178,17 +232,18 @@ class ModelRepository:
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         on_failure: Callable[[str, str, str], None] | None = None,
+        names: Collection[str] | None = None,
     ) -> ModelRepository:
-        """A new repository for what is on disk now, reusing every version whose file is unchanged
-        (this one itself when nothing changed).
+        """A new repository for what is on disk now (of the named models only, when names is given),
+        reusing every version whose file is unchanged (this one itself when nothing changed).
 
         A new or changed file is loaded and warmed up before it can serve; one that fails
         (corrupt, half-written, breaking the contract) is reported through on_failure(name,
         version, reason) and the version it would replace, if any, keeps serving.
         """
         try:
-            found = discover(root)
-        except ModelLoadError as exc:
+            found = discover(root, None if names is None else [n for n in names if n in model_folders(root)])
+        except (ModelLoadError, ModelNotFound) as exc:
             if on_failure is not None:
                 on_failure("-", "-", str(exc))
             return self  # an empty or broken repository does not take the served models down

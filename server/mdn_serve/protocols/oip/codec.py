@@ -272,5 +272,13 @@ def index_document(entries: list[tuple[str, str, str, str]]) -> list[dict[str, s
     return [{"name": n, "version": v, "state": state, "reason": why} for n, v, state, why in entries]
 
 
+def model_load() -> pb.RepositoryModelLoadResponse:
+    return pb.RepositoryModelLoadResponse()
+
+
+def model_unload() -> pb.RepositoryModelUnloadResponse:
+    return pb.RepositoryModelUnloadResponse()
+
+
 def repository_index(entries: list[tuple[str, str, str, str]]) -> pb.RepositoryIndexResponse:
     return pb.RepositoryIndexResponse(models=index_document(entries))

@@ -164,3 +164,14 @@ def plan(
             seed_state=None if seed_state is None else seed_state.astype(np.float64),
         )
     return names, Ask(sampling, max_modes, ik)
+
+
+def check_control_parameters(names: Sequence[str]) -> None:
+    """RepositoryModelLoad/Unload parameters: Triton's `config` and `file:` overrides are refused (models
+    load from the repository as they are); `unload_dependents` and anything else are accepted."""
+    for name in names:
+        if name == "config" or name.startswith("file:"):
+            raise InvalidInput(
+                f"parameter {name[:64]!r}: mdn-serve loads models from its repository as they are; configuration "
+                "and file overrides are not supported (put the file under <repository>/<name>/<version>/)"
+            )

@@ -69,17 +69,37 @@ class OipServicer(ServicerBase):
     ) -> pb.ModelStatisticsResponse:
         return codec.model_statistics(self.dataplane.statistics(request.name, request.version))
 
+    def _check_repository(self, name: str) -> None:
+        ours = self.dataplane.repository_name
+        if name and name != ours:
+            raise ModelNotFound(
+                f"no repository named {name[:64]!r}; this server serves one, {ours!r} (or leave the name empty)"
+            )
+
     @handler("RepositoryIndex")
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        ours = self.dataplane.repository_name
-        if request.repository_name and request.repository_name != ours:
-            raise ModelNotFound(
-                f"no repository named {request.repository_name[:64]!r}; this server serves one, {ours!r} "
-                "(or leave the name empty)"
-            )
-        return codec.repository_index(self.dataplane.index(request.ready))
+        self._check_repository(request.repository_name)
+        return codec.repository_index(self.dataplane.model_control().index(request.ready))
+
+    @handler("RepositoryModelLoad")
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        self._check_repository(request.repository_name)
+        outputs.check_control_parameters(list(request.parameters))
+        await self.dataplane.model_control().load_model(request.model_name)
+        return codec.model_load()
+
+    @handler("RepositoryModelUnload")
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._check_repository(request.repository_name)
+        outputs.check_control_parameters(list(request.parameters))
+        await self.dataplane.model_control().unload_model(request.model_name)
+        return codec.model_unload()
 
     @handler("ModelInfer", sheds=True)
     async def ModelInfer(

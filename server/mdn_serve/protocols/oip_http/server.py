@@ -26,7 +26,7 @@ from aiohttp import web
 from mdn_serve import __version__
 from mdn_serve.errors import InvalidInput, MdnError, Unavailable
 from mdn_serve.protocols.oip import codec as oip
-from mdn_serve.protocols.oip.outputs import MODEL_INPUT
+from mdn_serve.protocols.oip.outputs import MODEL_INPUT, check_control_parameters
 from mdn_serve.protocols.oip_http import codec
 from mdn_serve.protocols.rpc import status_for
 from mdn_serve.serving.dataplane import Dataplane
@@ -38,6 +38,7 @@ OPEN_PREFIX = "/v2/health/"  # probes work without the token
 # The HTTP status of each outcome, by the gRPC status name the metrics use for both protocols.
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
     "UNAUTHENTICATED": 401,
     "NOT_FOUND": 404,
     "RESOURCE_EXHAUSTED": 429,
@@ -138,6 +139,23 @@ def endpoint(method: str, sheds: bool = False) -> Callable[[Endpoint], Callable[
     return wrap
 
 
+def bind_socket(host: str, port: int, share_port: bool) -> socket.socket:
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if share_port:  # --workers: every worker binds the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MdnError(
+            f"cannot bind HTTP {host}:{port} ({exc.strerror}): is another server on it? pick another "
+            "--http-port, or -1 to turn HTTP off"
+        ) from None
+    return sock
+
+
 class HttpFrontend:
     """The HTTP/REST routes over a Dataplane, and their server's lifecycle (bind, start, stop)."""
 
@@ -168,6 +186,8 @@ class HttpFrontend:
         get("/v2", self.server_metadata, allow_head=False)
         get("/v2/models/stats", self.statistics, allow_head=False)  # before /v2/models/{model}
         post("/v2/repository/index", self.repository_index)
+        post("/v2/repository/models/{model}/load", self.model_load)
+        post("/v2/repository/models/{model}/unload", self.model_unload)
         for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             get(base, self.model_metadata, allow_head=False)
             get(base + "/ready", self.model_ready, allow_head=False)
@@ -201,21 +221,8 @@ class HttpFrontend:
 
     def bind(self, host: str, port: int, share_port: bool = False) -> int:
         """Bind the port now (0: a free one), so that it is known before any model loads; the port."""
-        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if share_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise MdnError(
-                f"cannot bind HTTP {host}:{port} ({exc.strerror}): is another server on it? pick another "
-                "--http-port, or -1 to turn HTTP off"
-            ) from None
-        self._sock = sock
-        self.port = sock.getsockname()[1]
+        self._sock = bind_socket(host, port, share_port)
+        self.port = self._sock.getsockname()[1]
         return self.port
 
     async def start(self, ssl_context: ssl.SSLContext | None, keepalive_seconds: float, stop_seconds: float) -> None:
@@ -287,7 +294,27 @@ class HttpFrontend:
         ready = options.get("ready", False) if isinstance(options, dict) else None
         if not isinstance(ready, bool):
             raise InvalidInput('the body must be empty or a JSON object like {"ready": true}')
-        return json_answer(oip.index_document(self.dataplane.index(ready)))
+        return json_answer(oip.index_document(self.dataplane.model_control().index(ready)))
+
+    async def _control_parameters(self, request: web.Request) -> None:
+        body = await self._body(request)
+        document = codec.load_json(body) if body.strip() else {}
+        params = document.get("parameters", {}) if isinstance(document, dict) else None
+        if not isinstance(params, dict):
+            raise InvalidInput('the body must be empty or a JSON object like {"parameters": {}}')
+        check_control_parameters(list(params))
+
+    @endpoint("RepositoryModelLoad")
+    async def model_load(self, request: web.Request) -> Answer:
+        await self._control_parameters(request)
+        await self.dataplane.model_control().load_model(request.match_info["model"])
+        return json_answer({})
+
+    @endpoint("RepositoryModelUnload")
+    async def model_unload(self, request: web.Request) -> Answer:
+        await self._control_parameters(request)
+        await self.dataplane.model_control().unload_model(request.match_info["model"])
+        return json_answer({})
 
     @endpoint("ModelInfer", sheds=True)
     async def infer(self, request: web.Request) -> Answer:
