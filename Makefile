@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@echo "[1/3] $(VENV): server, trainer (CPU torch) and dev tools, pinned by requirements.lock (1-2 min)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev,tracing]"
 	@touch $@
 
 # Third-party protocol clients (tritonclient needs protobuf<7): their own environment.

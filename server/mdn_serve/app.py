@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mdn_serve import tracing
 from mdn_serve.config import CONNECTION_AGE_GRACE_SECONDS, Settings, compute_threads
 from mdn_serve.errors import MdnError
 from mdn_serve.metrics import Metrics
@@ -85,6 +86,9 @@ class MdnServer:
         )
         self.health_server: grpc.aio.Server | None = None
         self.control = self.dataplane.control = ModelControl(settings, self.dataplane, self.metrics)
+        self.tracer = self.dataplane.tracer = tracing.create(settings)
+        if self.tracer is not None:
+            log.info("tracing on: OpenTelemetry spans over OTLP to %s", tracing.endpoint())
         self.health_port: int | None = None
         # Every adapter's services, in one loop: what is registered is what health and reflection list.
         elements = size // 4
@@ -204,6 +208,8 @@ class MdnServer:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         await self.dataplane.close()
+        if self.tracer is not None:  # exports the spans still buffered
+            await asyncio.to_thread(self.tracer.shutdown)
         log.info("stopped")
 
     async def wait(self) -> None:

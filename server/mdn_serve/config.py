@@ -65,6 +65,7 @@ class Settings:
     load_model: tuple[str, ...] = ()  # explicit mode: the models to load at start
     drain_delay_seconds: float = 0.0  # on SIGTERM: NOT_SERVING, but keep serving this long first
     grace_seconds: float = 5.0  # how long in-flight requests may finish on shutdown
+    tracing: bool = False  # OpenTelemetry spans over OTLP (the OTEL_* variables turn it on too)
     log_level: str = "INFO"
     # Set by the --workers supervisor for its workers only (no flag): they bind one port together
     # with SO_REUSEPORT. A lone server refuses a port that another process holds.
@@ -150,6 +151,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--poll-seconds", float, "reload the model repository this often (SIGHUP always reloads); 0: never")
     add("--drain-delay-seconds", float, "on SIGTERM, report NOT_SERVING but keep serving this long (probe propagation)")
     add("--grace-seconds", float, "time in-flight requests get to finish on SIGTERM/SIGINT")
+    switch("--tracing", "export OpenTelemetry traces over OTLP (configured by the standard OTEL_* variables; "
+           "OTEL_EXPORTER_OTLP_ENDPOINT alone also turns it on)")  # fmt: skip
     add("--log-level", str, "DEBUG, INFO, WARNING or ERROR")
     return p
 

@@ -32,6 +32,7 @@ from mdn_serve.errors import (
     Unavailable,
 )
 from mdn_serve.serving.dataplane import Dataplane
+from mdn_serve.tracing import UNTRACED
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class ServicerBase:
     def __init__(self, dataplane: Dataplane, max_elements: int) -> None:
         self.dataplane = dataplane
         self.max_elements = max_elements  # the most values one request may carry
+        self.service = ""  # the gRPC service's full name (add_service sets it), for span names
 
     @staticmethod
     def model_of(request: Any) -> str:
@@ -125,6 +127,11 @@ def handler(method: str, sheds: bool = False) -> Callable[[Handler[S, Req, Resp]
             code = grpc.StatusCode.OK
             in_flight = metrics.incrementer(metrics.in_flight, protocol, method)
             in_flight(1)
+            tracer, span = dataplane.tracer, None
+            if tracer is not None and method not in UNTRACED:
+                carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+                attributes = {"rpc.system": "grpc", "rpc.service": self.service, "rpc.method": method}
+                span = tracer.begin(f"{self.service}/{method}", carrier, attributes)
             try:
                 if not dataplane.accepting:
                     raise Unavailable("the server is shutting down; retry on another replica")
@@ -152,6 +159,8 @@ def handler(method: str, sheds: bool = False) -> Callable[[Handler[S, Req, Resp]
                 await context.abort(code, "internal error; the server log has the details")
             finally:
                 in_flight(-1)
+                if span is not None:
+                    tracer.end(span, code.name, {"rpc.grpc.status_code": code.value[0]})  # type: ignore[union-attr]
                 observe, count, errors = metrics.request_recorders(protocol, method, model, code.name)
                 observe(time.perf_counter() - start)
                 count(1)
@@ -171,6 +180,7 @@ def add_service(server: grpc.aio.Server, servicer: ServicerBase, service: Servic
     message that does not parse with INTERNAL; here a malformed message is the client's mistake
     and gets INVALID_ARGUMENT, counted like every other error.
     """
+    servicer.service = service.full_name
     handlers = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)

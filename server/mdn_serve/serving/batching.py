@@ -32,11 +32,13 @@ from numpy.typing import NDArray
 
 from mdn_serve.errors import InvalidInput, QueueFull, Unavailable
 from mdn_serve.metrics import Metrics, fast_inc, fast_observe
+from mdn_serve.serving.costs import WorkCosts
 from mdn_serve.serving.eventloop import call_when_idle
 from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, Outputs, postprocess, split_plain
 from mdn_serve.serving.queue import BatchingConfig, QueuedRequest, RequestQueue
 from mdn_serve.serving.repository import ModelRuntime
 from mdn_serve.serving.statistics import VersionStatistics
+from mdn_serve.serving.trace import RequestTrace, stamp_computed, stamp_taken
 
 _NO_ROWS = np.zeros((0, 0), np.float32)
 _Results = Sequence[Outputs | BaseException]  # a computed batch: each request's outputs or error
@@ -63,6 +65,7 @@ class DynamicBatcher:
         # Batches on the compute threads: their requests, when they started, their estimated seconds.
         self._computing: dict[asyncio.Future[_Results], tuple[list[QueuedRequest], float, float]] = {}
         self._flush_scheduled = False
+        self.tracing = False  # stamp traced requests (the dataplane sets it when tracing is on)
         self._timer: asyncio.TimerHandle | None = None
         self._queued_when_armed = 0  # queue length when the delay timer was set
         self._lonely_until = 0.0  # until then, partial batches do not wait (see _on_delay_over)
@@ -78,12 +81,15 @@ class DynamicBatcher:
         x: NDArray[np.float32],
         ask: Ask = MIXTURE_ONLY,
         deadline: float | None = None,
+        trace: RequestTrace | None = None,
     ) -> Outputs:
-        """Queue one request and wait for its share of a batch."""
+        """Queue one request and wait for its share of a batch (stamping `trace` on the way, if given)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         work = self.costs.work(x.shape[0], ask)
-        request = QueuedRequest(x, ask, future, time.monotonic(), deadline, work, self.costs.seconds(work))
+        request = QueuedRequest(x, ask, future, time.monotonic(), deadline, work, self.costs.seconds(work), trace=trace)
+        if trace is not None:
+            trace.enqueued = time.perf_counter_ns()
         try:
             self._queue.admit(request, self.seconds_ahead(request.enqueued))
             self._schedule(loop)
@@ -160,6 +166,8 @@ class DynamicBatcher:
             if not batch:
                 continue
             stacked = time.perf_counter() - start
+            if self.tracing:
+                stamp_taken([r.trace for r in batch if r.trace is not None], start, stacked)
             plain = all(r.ask is MIXTURE_ONLY or r.ask.plain for r in batch)
             if plain and x.shape[0] <= self.config.inline_rows:
                 # Mixture parameters for a few rows: microseconds of ONNX Runtime and no mixture
@@ -227,23 +235,29 @@ class DynamicBatcher:
         self._inferences(len(batch))
         self._batch_rows(x.shape[0])
         done = time.perf_counter()
-        out = self._outputs(batch, x, mix, plain)
+        out = batch_outputs(self.runtime, batch, x, mix, plain, self.costs)
         after = time.perf_counter() - done
         if not plain:
             self._postprocess_seconds.observe(after)
         self.stats.batch(len(batch), stacked, seconds, after)
+        if self.tracing:
+            traces = [r.trace for r in batch if r.trace is not None]
+            stamp_computed(traces, start, seconds, after, (x.shape[0], len(batch)), not plain)
         return out
 
-    def _outputs(self, batch: list[QueuedRequest], x: NDArray[np.float32], mix: Mixture, plain: bool) -> _Results:
-        """Each request's outputs from the batch's mixture."""
-        if plain and len(batch) == 1:
-            return [Outputs(mix, None, None, None)]
-        bounds = [0, *itertools.accumulate(r.x.shape[0] for r in batch)]
-        if plain:
-            return split_plain(mix, bounds)
-        wanted = [functools.partial(_waiting, r) for r in batch]
-        chain = self.runtime.metadata.chain
-        return postprocess([r.ask for r in batch], bounds, x, mix, chain, wanted, self.costs.record)
+
+def batch_outputs(
+    runtime: ModelRuntime, batch: list[QueuedRequest], x: NDArray[np.float32], mix: Mixture, plain: bool,
+    costs: WorkCosts,
+) -> _Results:  # fmt: skip
+    """Each request's outputs from the batch's mixture."""
+    if plain and len(batch) == 1:
+        return [Outputs(mix, None, None, None)]
+    bounds = [0, *itertools.accumulate(r.x.shape[0] for r in batch)]
+    if plain:
+        return split_plain(mix, bounds)
+    wanted = [functools.partial(_waiting, r) for r in batch]
+    return postprocess([r.ask for r in batch], bounds, x, mix, runtime.metadata.chain, wanted, costs.record)
 
 
 def _deliver(

@@ -26,9 +26,11 @@ from mdn_serve.serving.queue import BatchingConfig
 from mdn_serve.serving.repository import ModelRepository, ModelRuntime
 from mdn_serve.serving.responses import ResponseBudget
 from mdn_serve.serving.statistics import VersionStatistics
+from mdn_serve.serving.trace import CURRENT
 
 if TYPE_CHECKING:
     from mdn_serve.serving.control import ModelControl
+    from mdn_serve.tracing import Tracer
 
 __all__ = ["Ask", "Dataplane", "IkSpec", "Limits", "Outputs", "SampleSpec"]
 
@@ -59,6 +61,7 @@ class Dataplane:
         self.load_failures: dict[tuple[str, str], str] = {}  # (name, version) -> why a reload refused it
         self.repository_name = ""  # the repository folder's name (the app sets it), as RepositoryIndex knows it
         self.control: ModelControl | None = None  # loads and unloads models (the app sets it)
+        self.tracer: Tracer | None = None  # request spans, when tracing is on (the app sets it before models load)
         self.responses = ResponseBudget(limits.max_response_bytes_in_flight, metrics)
         self._retiring: dict[asyncio.Future[None], DynamicBatcher] = {}
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
@@ -79,7 +82,8 @@ class Dataplane:
                 if kept is not None and kept.runtime is runtime:
                     batchers[key] = kept
                 else:
-                    batchers[key] = DynamicBatcher(runtime, self._executor, self.metrics, self.batching)
+                    batchers[key] = batcher = DynamicBatcher(runtime, self._executor, self.metrics, self.batching)
+                    batcher.tracing = self.tracer is not None
                     self.metrics.model_info.labels(entry.name, version, runtime.provider).set(1)
         self._batchers, self.repository = batchers, repository
         retired: list[asyncio.Future[None]] = []
@@ -205,7 +209,10 @@ class Dataplane:
         batcher = self._batchers.get((runtime.name, runtime.version))
         if batcher is None:  # unloaded by a reload since it was resolved
             raise ModelNotFound(f"model {runtime.name!r} version {runtime.version} was just unloaded; retry")
-        return runtime, await batcher.submit(x, ask, deadline)
+        trace = CURRENT.get()
+        if trace is not None:
+            trace.model, trace.version, trace.rows = runtime.name, runtime.version, x.shape[0]
+        return runtime, await batcher.submit(x, ask, deadline, trace)
 
 
 def prepare_ik(

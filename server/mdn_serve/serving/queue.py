@@ -25,6 +25,7 @@ from mdn_serve.serving.costs import Work, WorkCosts
 from mdn_serve.serving.pipeline import Ask, Outputs
 from mdn_serve.serving.repository import ModelRuntime
 from mdn_serve.serving.statistics import VersionStatistics
+from mdn_serve.serving.trace import RequestTrace
 
 # The pace (times to answer measured / estimated) learns from requests estimated to take at
 # least PACE_MIN_SECONDS seconds, PACE_SMOOTHING of the way per request, within PACE_RANGE.
@@ -56,6 +57,7 @@ class QueuedRequest:
     seconds: float  # the compute time estimated for it when it was queued
     estimate: float = 0.0  # seconds from queueing to answer estimated then (before the pace)
     start_by: float = math.inf  # time.monotonic() by which it must start to be done within its budget
+    trace: RequestTrace | None = None  # stamps for tracing, when the request is traced
 
 
 class RequestQueue:

@@ -30,6 +30,7 @@ from mdn_serve.protocols.oip.outputs import MODEL_INPUT, check_control_parameter
 from mdn_serve.protocols.oip_http import codec
 from mdn_serve.protocols.rpc import status_for
 from mdn_serve.serving.dataplane import Dataplane
+from mdn_serve.tracing import UNTRACED
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ def endpoint(method: str, sheds: bool = False) -> Callable[[Endpoint], Callable[
             code = "OK"
             in_flight = metrics.incrementer(metrics.in_flight, PROTOCOL, method)
             in_flight(1)
+            tracer, span = dataplane.tracer, None
+            if tracer is not None and method not in UNTRACED:
+                route = request.match_info.route.resource
+                path = route.canonical if route is not None else request.path
+                attributes = {"http.request.method": request.method, "http.route": path, "mdn.protocol": PROTOCOL}
+                span = tracer.begin(f"{request.method} {path}", request.headers, attributes)
             call = dataplane.responses.open_call()
             try:
                 if not dataplane.accepting and not request.path.startswith(OPEN_PREFIX):
@@ -128,6 +135,9 @@ def endpoint(method: str, sheds: bool = False) -> Callable[[Endpoint], Callable[
             finally:
                 call.close()
                 in_flight(-1)
+                if span is not None:
+                    status = 200 if code in ("OK", "CANCELLED") else HTTP_STATUS.get(code, 500)
+                    tracer.end(span, code, {"http.response.status_code": status})  # type: ignore[union-attr]
                 observe, count, errors = metrics.request_recorders(PROTOCOL, method, model, code)
                 observe(time.perf_counter() - start)
                 count(1)
