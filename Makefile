@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 # Third-party protocol clients (tritonclient needs protobuf<7): their own environment.
 $(CLIENTS_STAMP): requirements-clients.lock
-	@echo "[2/3] $(CLIENTS_VENV): third-party protocol clients for the tests (tritonclient; under a minute)"
+	@echo "[2/3] $(CLIENTS_VENV): third-party protocol clients for the tests (tritonclient, kserve; under a minute)"
 	$(PYTHON) -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r requirements-clients.lock
 	@touch $@

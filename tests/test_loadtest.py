@@ -107,6 +107,9 @@ def test_bench_smoke_writes_its_report(trained, tmp_path):
     assert [(e["batch"], e["binary"]) for e in http] == [(1, False), (1024, True)]
     assert all(set(e["ours"]["codes"]) == {"200"} and e["noop"]["requests_per_second"] > 0 for e in http)
     assert "over HTTP/REST" in (tmp_path / "report.md").read_text()
+    traced = report["traced_result"]  # the headline point again, with every request traced
+    assert traced["ours"]["requests"] > 0 and "tracing every request" not in traced["label"]
+    assert "Tracing: Predict batch 1" in (tmp_path / "report.md").read_text()
     from mdn_serve.config import Settings
     from mdn_serve.tools.bench.overload import QUEUE_BUDGET_SECONDS
 

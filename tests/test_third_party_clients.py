@@ -178,6 +178,32 @@ def test_triton_http_client_reads_statistics_index_and_errors(triton_http_report
     assert r["unknown_output"]["status"] == "400" and "unknown output 'logits'" in r["unknown_output"]["message"]
 
 
+def test_kserve_rest_client_infers_with_json_and_binary_tensors(server):
+    """KServe's own REST client (Open Inference Protocol v2) against the HTTP endpoint."""
+    if not CLIENTS_PYTHON.exists():
+        pytest.fail(f"{CLIENTS_PYTHON} is missing: `make install` builds the third-party clients environment")
+    result = subprocess.run(
+        [str(CLIENTS_PYTHON), str(REPO / "tests" / "clients" / "kserve_http_check.py"),
+         f"127.0.0.1:{server.http_port}", ARM],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["live"], report["ready"], report["model_ready"]) == (True, True, True)
+    x = np.array([[0.6, 0.6], [0.9, 0.3]], np.float32)
+    with MdnClient(server.target) as client:
+        predicted = client.predict(ARM, x)
+        modes = client.modes(ARM, x, max_modes=2)
+    for encoding in ("json", "binary"):
+        got = report[encoding]
+        assert got["id"] == f"kserve-{encoding == 'binary'}"
+        np.testing.assert_array_equal(np.array(got["outputs"]["weights"], np.float32), predicted.weights)
+        np.testing.assert_array_equal(
+            np.array(got["outputs"]["modes"], np.float32), np.nan_to_num(modes.modes, nan=-999)
+        )
+        assert got["outputs"]["num_modes"] == modes.num_modes
+
+
 NODE_DIR = REPO / "tests" / "clients" / "node"
 
 

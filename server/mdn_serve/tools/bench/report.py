@@ -115,6 +115,17 @@ def render(report: dict[str, Any]) -> str:
                 f"{o['latency_ms'].get('p99', 0):.2f} | {n['requests_per_second']:.0f} | "
                 f"{e['vs_noop_requests']:.2f} | {errors} |"
             )
+    traced, headline = report.get("traced_result"), _find(report["results"], "predict", 1, 32)
+    if traced and headline:
+        on, off = traced["ours"]["requests_per_second"], headline["ours"]["requests_per_second"]
+        lines += [
+            "",
+            f"Tracing: {traced['label']} on a server tracing every request (spans exported over OTLP to a local "
+            f"sink): {on:.0f} requests/s, {traced['vs_noop_requests']:.2f} of the no-op server "
+            f"({', '.join(f'{r:.2f}' for r in traced['repeat_ratios'])}), against {off:.0f} requests/s and "
+            f"{headline['vs_noop_requests']:.2f} with tracing off (the default, first table): on/off {on / off:.2f}. "
+            "With tracing off the SDK is not loaded and each request pays one attribute check.",
+        ]
     if report.get("ik_results"):
         lines += [
             "",

@@ -26,6 +26,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from mdn_serve.tools.bench import tracing
 from mdn_serve.tools.bench.ceilings import Placement, _serve_noop, canned_responses, onnx_ceiling
 from mdn_serve.tools.bench.http import HTTP_POINTS, HttpPoint, bodies, canned_answers, measure_http, serve_noop_http
 from mdn_serve.tools.bench.ik import IK_BATCHES, IK_MODEL, measure_ik
@@ -119,6 +120,8 @@ def _run_bench(
     ik: list[dict[str, Any]] = []
     overload: dict[str, Any] = {}
     http: list[dict[str, Any]] = []
+    traced: dict[str, Any] = {}
+    sink: Any = None
     context = mp.get_context("spawn")
     noop: Any = None
     noop_http: Any = None
@@ -154,9 +157,17 @@ def _run_bench(
                 n = repeats if point == HEADLINE else 1
                 tuned.append(measure(f"127.0.0.1:{server.port}", noop_target, model, point, seconds, info, n))
             rss_tuned = server.rss_mb()
+        if tracing.available() and HEADLINE in points:
+            server.stop()
+            sink = context.Process(target=tracing.serve_sink, args=(queue, placement), daemon=True)
+            sink.start()
+            endpoint = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{queue.get(timeout=60)}"}
+            server = start_server(models, server_args, placement, endpoint)
+            print(f"{HEADLINE.label}, tracing every request ...", flush=True)
+            traced = measure(f"127.0.0.1:{server.port}", noop_target, model, HEADLINE, seconds, info, repeats)
     finally:
         server.stop()
-        for process in (noop, noop_http):
+        for process in (noop, noop_http, sink):
             if process is not None:
                 process.terminate()
                 process.join(10)
@@ -183,6 +194,7 @@ def _run_bench(
         "results": results,
         "tuned_results": tuned,
         "http_results": http,
+        "traced_result": traced,
         "ik_results": ik,
         "overload": overload,
         "targets": targets(results, tuned, start_seconds, max(rss_start, rss_end, rss_tuned), overload),

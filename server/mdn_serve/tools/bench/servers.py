@@ -57,8 +57,14 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def start_server(models: Path, extra: list[str], placement: Placement | None = None) -> ServerProcess:
+def start_server(
+    models: Path, extra: list[str], placement: Placement | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """A real mdn-serve process, once SERVING. Tracing is off unless `env` turns it on: the OTEL_*
+    variables of this process are not passed on."""
     start = time.perf_counter()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environment |= {"PYTHONUNBUFFERED": "1", **(env or {})}
     # The child pins itself before it imports gRPC (a preexec_fn is unsafe in this threaded process).
     cpus = sorted(placement.server) if placement is not None and placement.server is not None else None
     launch = (
@@ -69,7 +75,7 @@ def start_server(models: Path, extra: list[str], placement: Placement | None = N
     process = subprocess.Popen(
         [sys.executable, "-c", launch, "--model-repository", str(models), "--port", "0",
          "--http-port", "0", "--metrics-port", "-1", "--max-rows", "16384", "--max-batch-rows", "16384", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
     )  # fmt: skip
     port = http_port = 0
     assert process.stdout is not None
