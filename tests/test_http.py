@@ -309,13 +309,15 @@ def test_tls_and_the_bearer_token_apply_to_http_and_health_stays_open(trained, t
             headers = {} if token is None else {"Authorization": token}
             refused = call(port, "POST", path, infer_body(), headers, context=context)
             assert refused.status == 401 and refused.json() == {"error": "missing or wrong bearer token"}
-        # Without the token a made-up path is refused like a real one: nothing to enumerate.
+        # Without the token a made-up path is refused like a real one: nothing to enumerate. Model
+        # control needs it too.
         assert call(port, "GET", "/v2/made/up", context=context).status == 401
+        assert call(port, "POST", f"/v2/repository/models/{ARM}/unload", context=context).status == 401
         ok = call(port, "POST", path, infer_body(), {"Authorization": "Bearer http-token"}, context=context)
         assert ok.status == 200
         with pytest.raises(ssl.SSLError):
             call(port, "GET", "/v2/health/live", context=ssl.create_default_context())  # an untrusted CA
-        assert proc.server.metrics.registry.get_sample_value("mdn_unauthenticated_requests_total") == 4
+        assert proc.server.metrics.registry.get_sample_value("mdn_unauthenticated_requests_total") == 5
     finally:
         proc.stop()
 
@@ -355,3 +357,55 @@ def test_http_is_off_with_port_minus_one(trained):
 def test_a_taken_http_port_stops_start_up_with_the_flag_to_change(server, trained):
     with pytest.raises(AssertionError, match=r"cannot bind HTTP 127\.0\.0\.1:\d+ .*pick another --http-port"):
         serve_in_process("--model-repository", str(trained["models"]), "--http-port", str(server.http_port))
+
+
+def test_while_models_load_readiness_and_inference_are_503(trained):
+    """Between start() and load_models(): live, but not ready, and inference says to retry."""
+    import asyncio
+
+    import aiohttp
+    from mdn_serve.app import create_server
+    from mdn_serve.config import parse_settings
+
+    async def scenario() -> list[tuple[int, str]]:
+        args = ["--port", "0", "--http-port", "0", "--metrics-port", "-1", "--model-repository", str(trained["models"])]
+        server, _ = create_server(parse_settings(args, {}))
+        await server.start()
+        base = f"http://127.0.0.1:{server.http_port}"
+        seen = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for method, path, body in (("GET", "/v2/health/live", None), ("GET", "/v2/health/ready", None),
+                                           ("POST", f"/v2/models/{ARM}/infer", infer_body())):  # fmt: skip
+                    async with session.request(method, base + path, json=body) as reply:
+                        seen.append((reply.status, await reply.text()))
+        finally:
+            await server.stop(0)
+        return seen
+
+    live, ready, infer = asyncio.run(scenario())
+    assert live[0] == 200 and ready == (503, '{"ready":false}')
+    assert infer[0] == 503 and "models are still loading; retry shortly" in infer[1]
+
+
+def test_a_full_queue_is_429_with_what_to_do(trained):
+    """One compute thread, a queue of one: of several long IK requests sent at once, those that find the
+    queue full are refused at once with 429."""
+    proc = serve_in_process("--model-repository", str(trained["models"]), "--compute-threads", "1",
+                            "--max-queue-size", "1")  # fmt: skip
+    try:
+        targets = np.random.default_rng(2).uniform(0.3, 0.9, (32, 2)).astype(np.float32)
+        body = infer_body(targets, ["ik_solutions"], ik_num_samples=2000)
+        replies: list[Reply] = []
+        threads = [threading.Thread(target=lambda: replies.append(
+            call(proc.http_port, "POST", f"/v2/models/{ARM}/infer", body))) for _ in range(6)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        statuses = sorted(r.status for r in replies)
+        assert statuses.count(200) >= 1 and statuses.count(429) >= 1 and set(statuses) <= {200, 429}, statuses
+        refused = next(r for r in replies if r.status == 429)
+        assert "retry" in refused.json()["error"]
+    finally:
+        proc.stop()
