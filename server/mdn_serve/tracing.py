@@ -66,6 +66,9 @@ class Tracer:
         """The request's outcome; the batcher's stamps become child spans."""
         CURRENT.reset(active.token)
         span, trace = active.span, active.trace
+        if not span.is_recording():  # not sampled (OTEL_TRACES_SAMPLER): nothing to add
+            span.end()
+            return
         if trace.model:
             span.set_attributes({"mdn.model": trace.model, "mdn.model_version": trace.version, "mdn.rows": trace.rows})
         if extra:
