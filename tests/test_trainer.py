@@ -226,3 +226,24 @@ def test_three_link_arm_trains_exports_and_reports_its_solution_spread(tmp_path)
     assert "joint_spread_rad" in ik and ik["joint_limit_violations"] == 0
     assert ik["fk_error_after_refinement"]["max"] <= 1e-6
     assert set(report["plots"]) == {"arm_workspace_errors.png", "arm_ik_solutions.png", "calibration.png"}
+
+
+def test_the_cosine_schedule_runs_one_cycle_and_the_baseline_cap_holds():
+    """--schedule cosine: the learning rate warms up, then decays towards a thousandth of the peak by the
+    last epoch; --baseline-epochs caps the least-squares baseline only."""
+    from mdn_train.config import default_config, with_overrides
+    from mdn_train.data import make_dataset, split
+    from mdn_train.model import MDN
+    from mdn_train.train import _fit, fit_models
+
+    run = with_overrides(default_config("inverse_sine"), num_samples=400, epochs=6, batch_size=64,
+                         learning_rate=1e-2, schedule="cosine", baseline_epochs=2, patience=100)  # fmt: skip
+    splits = split(make_dataset(run.data), run.data)
+    model = MDN(1, 1, run.model)
+    result = _fit(model, splits, run, "cosine", progress=False)
+    assert result.epochs_run == 6
+    assert result.final_lr < 1e-2 / 100  # near the end of the cycle: towards a thousandth of the peak
+    fitted = fit_models(run, splits, progress=False)
+    assert fitted["summary"]["mdn_epochs_run"] == 6 and len(fitted["history"]["baseline"]) == 2
+    with pytest.raises(Exception, match="schedule must be one of plateau, cosine"):
+        with_overrides(run, schedule="step").validate()

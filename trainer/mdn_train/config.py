@@ -12,6 +12,7 @@ BUILTIN_DATASETS = ("inverse_sine", "two_link_arm", "three_link_arm", "panda", "
 ARM_DATASETS = ("two_link_arm", "three_link_arm")
 ROBOT_DATASETS = ("panda", "ur5")  # URDFs shipped by example-robot-data
 CHAIN_TARGETS = ("pose", "position")
+SCHEDULES = ("plateau", "cosine")
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu")
 
 
@@ -53,6 +54,11 @@ class TrainConfig:
     patience: int = 30  # epochs without a better validation NLL before stopping
     seed: int = 0
     baseline_hidden: tuple[int, ...] = (64, 64)
+    # plateau: the learning rate halves when the validation loss stalls; cosine: one cycle over all
+    # the epochs (a warm-up over the first 5% from a tenth of the rate, then a cosine decay towards a
+    # thousandth of it), stepped per mini-batch.
+    schedule: str = "plateau"
+    baseline_epochs: int = 0  # the least-squares baseline's epochs at most (0: as many as the MDN's)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,10 @@ class RunConfig:
             problems.append(f"scale_floor must be > 0, got {m.scale_floor}")
         if t.epochs < 1:
             problems.append(f"epochs must be >= 1, got {t.epochs}")
+        if t.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
+        if t.baseline_epochs < 0:
+            problems.append(f"baseline_epochs must be >= 0, got {t.baseline_epochs}")
         if t.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {t.batch_size}")
         if not (t.learning_rate > 0 and math.isfinite(t.learning_rate)):

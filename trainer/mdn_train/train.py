@@ -29,6 +29,7 @@ class FitResult:
     epochs_run: int
     best_val: float
     history: list[tuple[float, float]] = field(default_factory=list)  # (train, val) per epoch
+    final_lr: float = 0.0  # the learning rate at the end of the last epoch run
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -41,18 +42,27 @@ def _fit(
     run: RunConfig,
     label: str,
     progress: bool,
+    epochs: int = 0,
 ) -> FitResult:
-    """Adam on mini-batches, LR halved on plateaus, early stopping on the validation loss."""
+    """Adam on mini-batches with the configured learning-rate schedule (halved on plateaus, or one
+    cosine cycle), early stopping on the validation loss; `epochs` at most (0: the config's)."""
     cfg = run.train
+    epochs = epochs or cfg.epochs
     x, y = _tensor(splits.train.inputs), _tensor(splits.train.targets)
     xv, yv = _tensor(splits.val.inputs), _tensor(splits.val.targets)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 4))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, cfg.patience // 4))
+    cycle = None
+    if cfg.schedule == "cosine":
+        steps = epochs * math.ceil(len(x) / cfg.batch_size)
+        cycle = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.learning_rate, total_steps=steps, pct_start=0.05, div_factor=10, final_div_factor=100
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     best = math.inf
     best_state = copy.deepcopy(model.state_dict())
     result = FitResult(best_epoch=0, epochs_run=0, best_val=math.inf)
-    bar = tqdm(range(1, cfg.epochs + 1), desc=label, unit="epoch", disable=not progress, leave=True)
+    bar = tqdm(range(1, epochs + 1), desc=label, unit="epoch", disable=not progress, leave=True)
     for epoch in bar:
         model.train()
         order = torch.randperm(len(x), generator=gen)
@@ -64,6 +74,8 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if cycle is not None:
+                cycle.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         val = _evaluate_loss(model, xv, yv)
@@ -72,7 +84,9 @@ def _fit(
         result.epochs_run = epoch
         if not math.isfinite(train_loss):
             raise TrainerError(f"{label}: training diverged at epoch {epoch}; try a smaller --lr")
-        sched.step(val)
+        if cycle is None:
+            plateau.step(val)
+        result.final_lr = opt.param_groups[0]["lr"]
         if val < best:
             best, result.best_epoch = val, epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -106,7 +120,8 @@ def fit_models(run: RunConfig, splits: Splits, progress: bool = True) -> dict[st
     baseline = LeastSquares(in_dim, out_dim, run.train.baseline_hidden, run.model.activation)
     baseline.x_norm.fit(x)
     baseline.y_norm.fit(y)
-    ls_fit = _fit(baseline, splits, run, f"{run.name} least squares", progress)
+    # The baseline only has to show what least squares does: it may get fewer epochs than the MDN.
+    ls_fit = _fit(baseline, splits, run, f"{run.name} least squares", progress, run.train.baseline_epochs)
     with torch.no_grad():
         baseline.eval()
         pred, _ = baseline(_tensor(splits.val.inputs))
@@ -212,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float, dest="learning_rate")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    g.add_argument("--schedule", choices=("plateau", "cosine"), help="learning-rate schedule")
+    g.add_argument("--baseline-epochs", type=int, help="the least-squares baseline's epochs at most (0: as the MDN)")
     return p
 
 
@@ -227,6 +244,8 @@ def configs_from_args(args: argparse.Namespace) -> list[RunConfig]:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "patience": args.patience,
+        "schedule": args.schedule,
+        "baseline_epochs": args.baseline_epochs,
     }
     if args.all:
         bases = [default_config(name) for name in BUILTIN_DATASETS]
