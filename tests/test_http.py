@@ -409,3 +409,30 @@ def test_a_full_queue_is_429_with_what_to_do(trained):
         assert "retry" in refused.json()["error"]
     finally:
         proc.stop()
+
+
+def test_a_client_that_disconnects_cancels_its_request_and_frees_the_compute_thread(trained):
+    import socket
+
+    proc = serve_in_process("--model-repository", str(trained["models"]), "--compute-threads", "1")
+    try:
+        targets = np.random.default_rng(3).uniform(0.3, 0.9, (64, 2)).astype(np.float32)
+        body = json.dumps(infer_body(targets, ["ik_solutions"], ik_num_samples=4000)).encode()
+        with socket.create_connection(("127.0.0.1", proc.http_port)) as sock:
+            sock.sendall(
+                f"POST /v2/models/{ARM}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            )
+            time.sleep(0.3)  # the request is computing
+        start = time.monotonic()
+        assert call(proc.http_port, "POST", f"/v2/models/{ARM}/infer", infer_body()).status == 200
+        waited = time.monotonic() - start
+        registry = proc.server.metrics.registry
+        labels = {"protocol": "oip-http", "method": "ModelInfer", "model": ARM, "code": "CANCELLED"}
+        deadline = time.monotonic() + 5
+        while registry.get_sample_value("mdn_requests_total", labels) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert registry.get_sample_value("mdn_requests_total", labels) == 1
+        assert waited < 1.0, waited  # the abandoned work stopped within a chunk (alone it takes seconds)
+    finally:
+        proc.stop()
