@@ -421,7 +421,8 @@ def test_a_client_that_disconnects_cancels_its_request_and_frees_the_compute_thr
         with socket.create_connection(("127.0.0.1", proc.http_port)) as sock:
             sock.sendall(
                 f"POST /v2/models/{ARM}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
             )
             time.sleep(0.3)  # the request is computing
         start = time.monotonic()

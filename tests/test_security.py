@@ -199,3 +199,21 @@ def test_a_half_sent_metrics_request_does_not_hold_a_thread(trained):
         assert time.monotonic() - start < READ_TIMEOUT + 4
     finally:
         proc.stop()
+
+
+def test_a_failed_tls_handshake_leaves_a_line_with_the_reason(trained, tmp_path, pki):
+    """Plaintext against TLS, and mutual TLS without a client certificate: gRPC's own log line says why."""
+    from tests.conftest import start_server, stop_server
+
+    server = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--tls-cert",
+                          pki["server_cert"], "--tls-key", pki["server_key"], "--tls-client-ca", pki["ca"])  # fmt: skip
+    try:
+        with MdnClient(server.target, timeout=3) as plaintext:
+            assert refused(plaintext) == grpc.StatusCode.UNAVAILABLE
+        with MdnClient(server.target, ca_cert=pki["ca"], timeout=3) as anonymous:
+            assert refused(anonymous) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stop_server(server)
+    log = server.log()
+    assert "Handshake failed with error SSL_ERROR_SSL" in log and "WRONG_VERSION_NUMBER" in log
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in log
