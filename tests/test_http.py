@@ -437,3 +437,24 @@ def test_a_client_that_disconnects_cancels_its_request_and_frees_the_compute_thr
         assert waited < 1.0, waited  # the abandoned work stopped within a chunk (alone it takes seconds)
     finally:
         proc.stop()
+
+
+def test_http_requests_at_once_are_bounded_by_max_concurrent_calls(trained):
+    proc = serve_in_process("--model-repository", str(trained["models"]), "--max-concurrent-calls", "1")
+    try:
+        targets = np.random.default_rng(4).uniform(0.3, 0.9, (32, 2)).astype(np.float32)
+        slow = infer_body(targets, ["ik_solutions"], ik_num_samples=2000)
+        replies: list[Reply] = []
+        first = threading.Thread(target=lambda: replies.append(call(proc.http_port, "POST",
+                                                                    f"/v2/models/{ARM}/infer", slow)))  # fmt: skip
+        first.start()
+        deadline = time.monotonic() + 10
+        while proc.server.http.calls == 0 and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.005)
+        refused = call(proc.http_port, "POST", f"/v2/models/{ARM}/infer", infer_body())
+        assert call(proc.http_port, "GET", "/v2/health/ready").status == 200  # health is never refused
+        first.join(60)
+        assert refused.status == 429 and "--max-concurrent-calls" in refused.json()["error"]
+        assert [r.status for r in replies] == [200]
+    finally:
+        proc.stop()

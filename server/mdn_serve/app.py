@@ -79,7 +79,9 @@ class MdnServer:
         if settings.http_port >= 0:  # aiohttp is imported only then (it costs about 0.2 s and 10 MB)
             from mdn_serve.protocols.oip_http import HttpFrontend
 
-            self.http = HttpFrontend(self.dataplane, size, lambda: self.serving, token, refused)
+            self.http = HttpFrontend(
+                self.dataplane, size, lambda: self.serving, token, refused, settings.max_concurrent_calls
+            )
         self.http_port: int | None = None
         self.server = grpc.aio.server(
             options=grpc_options(settings),

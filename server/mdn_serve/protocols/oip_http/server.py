@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from mdn_serve import __version__
-from mdn_serve.errors import InvalidInput, MdnError, Unavailable
+from mdn_serve.errors import InvalidInput, MdnError, Overloaded, Unavailable
 from mdn_serve.protocols.oip import codec as oip
 from mdn_serve.protocols.oip.outputs import MODEL_INPUT, check_control_parameters
 from mdn_serve.protocols.oip_http import codec
@@ -101,9 +101,16 @@ def endpoint(method: str, sheds: bool = False) -> Callable[[Endpoint], Callable[
                 attributes = {"http.request.method": request.method, "http.route": path, "mdn.protocol": PROTOCOL}
                 span = tracer.begin(f"{request.method} {path}", request.headers, attributes)
             call = dataplane.responses.open_call()
+            self.calls += 1
             try:
-                if not dataplane.accepting and not request.path.startswith(OPEN_PREFIX):
-                    raise Unavailable("the server is shutting down; retry on another replica")
+                if not request.path.startswith(OPEN_PREFIX):
+                    if not dataplane.accepting:
+                        raise Unavailable("the server is shutting down; retry on another replica")
+                    if self.calls > self.max_calls:
+                        raise Overloaded(
+                            f"this server is handling its limit of {self.max_calls} HTTP requests at once "
+                            "(--max-concurrent-calls); retry with backoff"
+                        )
                 if sheds:
                     dataplane.shed(name, request.match_info.get("version", ""))
                 answer = await fn(self, request)
@@ -133,6 +140,7 @@ def endpoint(method: str, sheds: bool = False) -> Callable[[Endpoint], Callable[
                 log.exception("%s %s failed", PROTOCOL, method)
                 return error_response(500, "internal error; the server log has the details")
             finally:
+                self.calls -= 1
                 call.close()
                 in_flight(-1)
                 if span is not None:
@@ -176,8 +184,11 @@ class HttpFrontend:
         ready: Callable[[], bool],
         token: bytes | None = None,
         on_refused: Callable[[], None] | None = None,
+        max_calls: int = 1024,
     ) -> None:
         self.dataplane = dataplane
+        self.max_calls = max_calls  # HTTP requests handled at once (health aside); more get 429
+        self.calls = 0
         self.max_message_bytes = max_message_bytes
         self.max_elements = max_message_bytes // 4
         self._ready = ready
