@@ -37,6 +37,38 @@ def test_loadtest_reports_throughput_latency_and_codes(server, tmp_path, capsys,
     assert "| requests | req/s | rows/s |" in table and "status codes: OK" in table
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--rpc", "predict", "--batch", "4", "--concurrency", "4"],
+        ["--rpc", "modes", "--batch", "8", "--concurrency", "2"],
+        ["--rpc", "sample", "--num-samples", "10", "--rate", "200"],
+        ["--rpc", "solve", "--batch", "4", "--concurrency", "2"],
+    ],
+)
+def test_loadtest_over_http_reports_the_same(server, tmp_path, args):
+    """--protocol oip-http against the HTTP port: binary tensors both ways, the same report."""
+    out = tmp_path / "result.json"
+    code = loadtest.main(["--target", f"127.0.0.1:{server.http_port}", "--protocol", "oip-http", "--duration", "0.5",
+                          "--warmup", "0.1", "--quiet", "--json", str(out), *args])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["requests"] > 0 and result["codes"] == {"OK": result["requests"]}
+    assert result["rows"] == result["requests"] * result["config"]["batch"]
+
+
+def test_loadtest_over_http_counts_errors_under_the_grpc_code_names(server, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    code = loadtest.main(["--target", f"127.0.0.1:{server.http_port}", "--protocol", "oip-http", "--batch", "100",
+                          "--duration", "0.3", "--warmup", "0", "--quiet", "--json", str(out)])  # fmt: skip
+    assert code == 1
+    assert set(json.loads(out.read_text())["codes"]) == {"INVALID_ARGUMENT"}
+    assert "first INVALID_ARGUMENT: batch of 100 rows is over this server's limit" in capsys.readouterr().err
+    missing = ["--target", f"127.0.0.1:{server.http_port}", "--protocol", "oip-http", "--model", "nope", "--quiet"]
+    assert loadtest.main([*missing, "--duration", "0.3"]) == 1
+    assert "answered 404: " in capsys.readouterr().err
+
+
 def test_loadtest_counts_errors_by_status_and_fails_when_nothing_succeeds(server, tmp_path, capsys):
     out = tmp_path / "result.json"
     code = loadtest.main(["--target", server.target, "--model", "two_link_arm", "--batch", "100", "--duration",

@@ -1,4 +1,4 @@
-"""A gRPC load generator for mdn-serve (either protocol): `mdn-loadtest`.
+"""A load generator for mdn-serve (mdn.v1 or the Open Inference Protocol, over gRPC or HTTP): `mdn-loadtest`.
 
 Closed loop: N clients, each sends its next request when the last one returns. Open loop:
 requests leave at a fixed rate whatever happens, and latency is measured from each request's
@@ -22,13 +22,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from mdn_serve._proto.inference import grpc_service_pb2 as oip
-from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
-from mdn_serve.tools.channel import ChannelConfig, read_token
-from mdn_serve.tools.payloads import encode_request, request_inputs
+from mdn_serve.tools import grpc_load, http_load
+from mdn_serve.tools.grpc_load import GrpcSender
+from mdn_serve.tools.http_load import HttpSender
+from mdn_serve.tools.payloads import MetadataMissing, encode_request, request_inputs
 
 RPCS = ("predict", "sample", "modes", "solve")
-PROTOCOLS = ("mdn", "oip")
+PROTOCOLS = ("mdn", "oip", "oip-http")
 MAX_DURATION = 3600.0
 DISTINCT_INPUTS = 16  # requests cycle through this many pre-encoded payloads
 MAX_OUTSTANDING = 10_000  # open loop: sends in flight before the client counts itself saturated
@@ -80,66 +80,15 @@ class LoadResult:
         return sum(n for code, n in self.codes.items() if code != "OK")
 
 
-def channel_config(config: LoadConfig) -> ChannelConfig:
-    return ChannelConfig(
-        config.target,
-        tls=config.tls,
-        ca_cert=config.ca_cert,
-        client_cert=config.client_cert,
-        client_key=config.client_key,
-        token=read_token(config.token_file),
-    )
-
-
-def auth_metadata(config: LoadConfig) -> list[tuple[str, str]] | None:
-    return channel_config(config).metadata()
-
-
-def _channel(config: LoadConfig) -> grpc.aio.Channel:
-    return channel_config(config).open_aio()
-
-
 async def fetch_metadata(config: LoadConfig) -> tuple[dict[str, Any], int]:
-    """The model's metadata JSON and input width, from mdn.v1 GetModel (or OIP ModelMetadata).
-
-    With config.input_dim set, nothing is asked: the inputs are drawn from a standard normal.
+    """The model's metadata JSON and input width, from the server (mdn.v1 GetModel, OIP ModelMetadata, or
+    their HTTP forms). With config.input_dim set, nothing is asked: the inputs are drawn from a standard normal.
     """
     if config.input_dim > 0:
         return {}, config.input_dim
-    async with _channel(config) as channel:
-        try:
-            get = channel.unary_unary(
-                "/mdn.v1.MixtureDensityService/GetModel",
-                request_serializer=pb.GetModelRequest.SerializeToString,
-                response_deserializer=pb.ModelInfo.FromString,
-            )
-            info = await get(
-                pb.GetModelRequest(model=pb.ModelRef(name=config.model)),
-                timeout=config.timeout,
-                metadata=auth_metadata(config),
-            )
-            return json.loads(info.metadata_json or "{}"), info.input_dim
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-        meta = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelMetadata",
-            request_serializer=oip.ModelMetadataRequest.SerializeToString,
-            response_deserializer=oip.ModelMetadataResponse.FromString,
-        )
-        response = await meta(
-            oip.ModelMetadataRequest(name=config.model), timeout=config.timeout, metadata=auth_metadata(config)
-        )
-        if not response.inputs or not response.inputs[0].shape:
-            raise MetadataMissing(
-                f"model {config.model!r} at {config.target} lists no input shape in its metadata; "
-                "give --input-dim (and --input-name if its input is not called 'x')"
-            )
-        return {}, int(response.inputs[0].shape[-1])
-
-
-class MetadataMissing(Exception):
-    """The server's metadata does not say what the model takes."""
+    if config.protocol == "oip-http":
+        return await http_load.fetch_metadata(config)
+    return await grpc_load.fetch_metadata(config)
 
 
 class _Recorder:
@@ -173,25 +122,19 @@ async def run_load(
         raise ValueError(f"duration must be in (0, {MAX_DURATION}] seconds")
     metadata, input_dim = model_info if model_info is not None else await fetch_metadata(config)
     rng = np.random.default_rng(config.seed)
-    payloads = [
-        encode_request(config, request_inputs(config, metadata, input_dim, rng)) for _ in range(DISTINCT_INPUTS)
-    ]
-    method = payloads[0][0]
-    bodies = [body for _, body in payloads]
-    channels = [_channel(config) for _ in range(max(1, config.channels))]
-    calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in channels]
+    inputs = [request_inputs(config, metadata, input_dim, rng) for _ in range(DISTINCT_INPUTS)]
+    sender: GrpcSender | HttpSender
+    if config.protocol == "oip-http":
+        sender = HttpSender(config, [http_load.encode_body(config, x) for x in inputs])
+    else:
+        sender = GrpcSender(config, [encode_request(config, x) for x in inputs])
     recorder = _Recorder()
-    auth = auth_metadata(config)
     sent = 0
     stop_at = math.inf
     skipped = 0
 
     async def one(i: int, scheduled: float) -> None:
-        code, detail = "OK", ""
-        try:
-            await calls[i % len(calls)](bodies[i % len(bodies)], timeout=config.timeout, metadata=auth)
-        except grpc.aio.AioRpcError as exc:
-            code, detail = exc.code().name, exc.details() or ""
+        code, detail = await sender.send(i)
         recorder.record(time.perf_counter() - scheduled, code, detail)
 
     async def closed_client(worker: int) -> None:
@@ -242,8 +185,7 @@ async def run_load(
             )
 
     try:
-        for channel in channels:
-            await asyncio.wait_for(channel.channel_ready(), config.timeout)
+        await sender.ready()
         begin_load = time.perf_counter()
         stop_at = begin_load + config.warmup + config.duration
         load = (
@@ -262,8 +204,7 @@ async def run_load(
             ticker.cancel()
             print(file=sys.stderr)
     finally:
-        for channel in channels:
-            await channel.close()
+        await sender.close()
 
     lat = np.asarray(recorder.latencies) * 1000.0
     count = len(lat)
@@ -314,12 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = LoadConfig()
     p = argparse.ArgumentParser(
         prog="mdn-loadtest",
-        description="Load-test an mdn-serve server (or another Open Inference Protocol server) over gRPC.",
+        description="Load-test an mdn-serve server (or another Open Inference Protocol server) over gRPC or HTTP.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every flag's default in --help
     )
     p.add_argument("--target", default=d.target, help="host:port (this machine)")
     p.add_argument("--model", default=d.model)
-    p.add_argument("--protocol", choices=PROTOCOLS, default=d.protocol, help="mdn (mdn.v1) or oip (KServe v2)")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=d.protocol,
+        help="mdn (mdn.v1), oip (KServe v2 over gRPC) or oip-http (over HTTP: --target its port)",
+    )
     p.add_argument("--rpc", choices=RPCS, default=d.rpc)
     p.add_argument("--batch", type=int, default=d.batch, help="rows per request")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="samples per row for --rpc sample")

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from mdn_serve.tools.loadtest import LoadConfig
 
 
+class MetadataMissing(Exception):
+    """The server's metadata does not say what the model takes."""
+
+
 def model_inputs(metadata: dict[str, Any], input_dim: int, batch: int, rng: np.random.Generator) -> NDArray[np.float32]:
     """Inputs in the model's domain: reachable targets for arms, the training range otherwise."""
     chain = parse_kinematics(metadata.get("kinematics"))
