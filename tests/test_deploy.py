@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from mdn_serve import healthcheck
+from mdn_serve.config import parse_settings
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -118,6 +119,14 @@ def test_kserve_runtime_and_inference_service_fit_together():
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     args = runtime["spec"]["containers"][0]["args"]
     assert "--model-repository=/mnt/models" in args and "--host=0.0.0.0" in args
+    # The REST runtime: KServe sends HTTP to the container's one port, which must be mdn-serve's --http-port.
+    http = yaml.safe_load((DEPLOY / "kserve" / "servingruntime-http.yaml").read_text())
+    assert http["spec"]["protocolVersions"] == ["v2"]
+    (container,) = http["spec"]["containers"]
+    (port,) = container["ports"]
+    assert f"--http-port={port['containerPort']}" in container["args"] and port["name"] == "http1"
+    settings = parse_settings([a for a in container["args"] if not a.startswith("--model-repository")], {})
+    assert settings.http_port == port["containerPort"] and settings.host == "0.0.0.0"
 
 
 def test_container_healthcheck_reports_serving(server, capsys):
