@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 from mdn_serve import healthcheck
-from mdn_serve.config import parse_settings
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
 from mdn_serve._proto.mdn.v1 import mdn_pb2_grpc as pb_grpc
+from mdn_serve.config import parse_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import serve_in_process
