@@ -172,8 +172,12 @@ class MixtureSearch:
         """Newton steps on log p from x (N, D): (points, log p, whether each is a converged peak, and
         the largest curvature -d2 log p there, along the peak's narrowest direction)."""
         x = x.copy()
-        converged = np.zeros(len(x), dtype=bool)
-        active = np.arange(len(x))
+        n, dim = x.shape
+        converged = np.zeros(n, dtype=bool)
+        # log p, Hessian and precision sum where each point stopped (a point that stops does not move, so
+        # what its last step computed there is what the end needs: no second pass over every point).
+        at_log_p, at_hess, at_diag = np.empty(n), np.empty((n, dim, dim)), np.empty((n, dim))
+        active = np.arange(n)
         for _ in range(NEWTON_STEPS):
             if not active.size:
                 break
@@ -197,9 +201,13 @@ class MixtureSearch:
             newton_failed[pending] = True
             done = newton_small | (newton_failed & (_max_last(np.abs(fixed - xa) / unit) <= NEWTON_TOL))
             converged[active[done]] = True
+            stopped = active[done]
+            at_log_p[stopped], at_hess[stopped], at_diag[stopped] = log_p[done], hess[done], diag[done]
             x[active[~done]] = step[~done]
             active = active[~done]
-        log_p, _, hess, _, diag = self.local(x, row)
+        if active.size:  # ran out of steps: where they ended
+            at_log_p[active], _, at_hess[active], _, at_diag[active] = self.local(x[active], row[active])
+        log_p, hess, diag = at_log_p, at_hess, at_diag
         # A peak: no direction of positive curvature. The allowance (relative to the precisions)
         # admits flat-topped peaks, where the curvature itself goes to 0; a saddle's is far larger.
         eig = np.linalg.eigvalsh(hess)
