@@ -64,7 +64,7 @@ def test_liveness_readiness_and_metadata(stub):
     assert not stub.ModelReady(oip.ModelReadyRequest(name="nope")).ready
     server = stub.ServerMetadata(oip.ServerMetadataRequest())
     assert server.name == "mdn-serve" and server.version
-    assert list(server.extensions) == ["parameters", "model_configuration", "statistics"]
+    assert list(server.extensions) == ["parameters", "model_configuration", "statistics", "model_repository"]
     meta = stub.ModelMetadata(oip.ModelMetadataRequest(name=ARM))
     assert (meta.name, list(meta.versions), meta.platform) == (ARM, ["1"], "onnx_onnxv1")
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1, 2])]

@@ -34,7 +34,7 @@ from mdn_serve.serving.statistics import VersionStatistics
 SERVICES = pb.DESCRIPTOR.services_by_name
 PLATFORM = "onnx_onnxv1"
 SERVER_NAME = "mdn-serve"
-EXTENSIONS = ["parameters", "model_configuration", "statistics"]
+EXTENSIONS = ["parameters", "model_configuration", "statistics", "model_repository"]
 INPUT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 CONTENT_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
 RAW_DTYPES = {"FP32": "<f4", "INT32": "<i4"}

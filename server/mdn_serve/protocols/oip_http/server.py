@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import json
 import logging
 import socket
 import ssl
@@ -63,8 +64,6 @@ class Answer:
 
 
 def json_answer(document: object, status: int = 200) -> Answer:
-    import json
-
     return Answer(json.dumps(document, separators=(",", ":")).encode(), status)
 
 
