@@ -204,7 +204,8 @@ class MdnServer:
         _done, pending = await asyncio.wait(stopping, timeout=left)
         if pending:
             answered = self.dataplane.abandon()
-            log.warning("grace period over: %d queued or running request(s) answered UNAVAILABLE", answered)
+            if answered:  # (a server that never got going has nothing to abandon: no warning)
+                log.warning("grace period over: %d queued or running request(s) answered UNAVAILABLE", answered)
         await asyncio.gather(*stopping)
         if self.health_server is not None:
             await self.health_server.stop(0)
