@@ -458,3 +458,24 @@ def test_http_requests_at_once_are_bounded_by_max_concurrent_calls(trained):
         assert [r.status for r in replies] == [200]
     finally:
         proc.stop()
+
+
+def test_a_half_sent_body_is_refused_and_its_connection_closed(trained, monkeypatch):
+    import socket
+
+    from mdn_serve.protocols.oip_http import server as http_server
+
+    monkeypatch.setattr(http_server, "BODY_TIMEOUT_SECONDS", 0.5)
+    proc = serve_in_process("--model-repository", str(trained["models"]))
+    try:
+        with socket.create_connection(("127.0.0.1", proc.http_port), timeout=10) as sock:
+            sock.sendall(f"POST /v2/models/{ARM}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+            start = time.monotonic()
+            answer = b""
+            while b"did not arrive" not in answer and (chunk := sock.recv(4096)):
+                answer += chunk
+            waited = time.monotonic() - start
+        assert answer.startswith(b"HTTP/1.1 400") and b"did not arrive within 0.5 s" in answer
+        assert waited < 5  # answered at once (aiohttp then gives the rest of the body at most 10 s)
+    finally:
+        proc.stop()

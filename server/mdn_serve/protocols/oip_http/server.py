@@ -51,6 +51,9 @@ HTTP_STATUS = {
 # How long a client gets to take its answer: one that stops reading has its connection closed, so
 # the answer's memory (held against --max-response-bytes-in-flight until then) is freed.
 SEND_TIMEOUT_SECONDS = 60.0
+# How long a request's body may take to arrive (a 64 MiB body at 2 MiB/s): a client that stops half-way
+# through cannot hold its connection and handler for ever.
+BODY_TIMEOUT_SECONDS = 30.0
 SMALL_ANSWER_BYTES = 64 * 1024  # answers up to this size are handed to aiohttp without the send timeout
 EXTENSIONS = [*oip.EXTENSIONS, "binary_tensor_data"]
 
@@ -363,7 +366,13 @@ class HttpFrontend:
 
     async def _body(self, request: web.Request) -> bytes:
         try:
-            return await request.read()
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                return await request.read()
+        except TimeoutError:
+            raise InvalidInput(
+                f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s; send it whole (its "
+                "Content-Length bytes) without pausing"
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             raise InvalidInput(
                 f"the request body is over this server's limit of {self.max_message_bytes} bytes "
