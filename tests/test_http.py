@@ -479,3 +479,30 @@ def test_a_half_sent_body_is_refused_and_its_connection_closed(trained, monkeypa
         assert waited < 5  # answered at once (aiohttp then gives the rest of the body at most 10 s)
     finally:
         proc.stop()
+
+
+def test_http_connections_past_the_cap_are_answered_503_and_closed(trained):
+    import socket
+
+    proc = serve_in_process("--model-repository", str(trained["models"]), "--max-http-connections", "2")
+    try:
+        held = [socket.create_connection(("127.0.0.1", proc.http_port), timeout=10) for _ in range(2)]
+        for sock in held:  # two keep-alive connections, each after one request
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", proc.http_port), timeout=10) as third:
+            answer = b""
+            while chunk := third.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503") and b"limit of 2 HTTP connections (--max-http-connections)" in answer
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the server notices the close, then takes a new one
+            if call(proc.http_port, "GET", "/v2/health/live").status == 200:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("a connection was not accepted after one closed")
+        held.pop().close()
+    finally:
+        proc.stop()

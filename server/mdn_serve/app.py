@@ -80,7 +80,13 @@ class MdnServer:
             from mdn_serve.protocols.oip_http import HttpFrontend
 
             self.http = HttpFrontend(
-                self.dataplane, size, lambda: self.serving, token, refused, settings.max_concurrent_calls
+                self.dataplane,
+                size,
+                lambda: self.serving,
+                token,
+                refused,
+                settings.max_concurrent_calls,
+                settings.max_http_connections,
             )
         self.http_port: int | None = None
         self.server = grpc.aio.server(

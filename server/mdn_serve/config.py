@@ -45,6 +45,7 @@ class Settings:
     max_response_bytes_in_flight: int = 128 * 1024 * 1024
     max_concurrent_streams: int = 256  # calls at once on one connection (HTTP/2 streams)
     max_concurrent_calls: int = 1024  # calls at once on the whole server; more get RESOURCE_EXHAUSTED
+    max_http_connections: int = 2048  # open HTTP connections; a new one past it gets 503 and is closed
     max_connection_age_seconds: float = 1800.0  # connections are closed (GOAWAY) after this long, for rebalancing
     handshake_timeout_seconds: float = 10.0  # a connection must finish its TLS/HTTP2 handshake in this time
     max_connection_idle_seconds: float = 300.0  # a connection without calls this long is closed (GOAWAY)
@@ -123,6 +124,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "RESOURCE_EXHAUSTED")  # fmt: skip
     add("--max-concurrent-streams", int, "calls at once on one client connection (HTTP/2 streams)")
     add("--max-concurrent-calls", int, "calls at once on the server; more get RESOURCE_EXHAUSTED")
+    add("--max-http-connections", int, "open HTTP connections; a new one past it is answered 503 and closed")
     add("--max-connection-age-seconds", float, "close connections this old (GOAWAY; calls in flight get "
         f"{CONNECTION_AGE_GRACE_SECONDS:g} s more), so clients reconnect and load spreads")  # fmt: skip
     add("--handshake-timeout-seconds", float, "close a connection that has not finished its handshake by then")
@@ -175,6 +177,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         "max_response_bytes_in_flight",
         "max_concurrent_streams",
         "max_concurrent_calls",
+        "max_http_connections",
         "max_batch_rows",
         "max_queue_size",
     ):

@@ -176,6 +176,26 @@ def bind_socket(host: str, port: int, share_port: bool) -> socket.socket:
     return sock
 
 
+def _refusal(limit: int) -> bytes:
+    body = json.dumps({"error": f"this server holds its limit of {limit} HTTP connections "
+                                "(--max-http-connections); retry later or on another replica"}).encode()  # fmt: skip
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {codec.JSON_TYPE}\r\nContent-Length: {len(body)}"
+            "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection past the cap: answered 503 with the reason at once, then closed."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self.answer)
+        transport.close()
+
+
 class HttpFrontend:
     """The HTTP/REST routes over a Dataplane, and their server's lifecycle (bind, start, stop)."""
 
@@ -187,9 +207,11 @@ class HttpFrontend:
         token: bytes | None = None,
         on_refused: Callable[[], None] | None = None,
         max_calls: int = 1024,
+        max_connections: int = 2048,
     ) -> None:
         self.dataplane = dataplane
         self.max_calls = max_calls  # HTTP requests handled at once (health aside); more get 429
+        self.max_connections = max_connections  # open connections; a new one past it gets 503 and is closed
         self.calls = 0
         self.max_message_bytes = max_message_bytes
         self.max_elements = max_message_bytes // 4
@@ -200,6 +222,7 @@ class HttpFrontend:
         self._add_routes()
         self._sock: socket.socket | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.port = 0
 
     def _add_routes(self) -> None:
@@ -259,12 +282,25 @@ class HttpFrontend:
             keepalive_timeout=keepalive_seconds,
         )
         await runner.setup()
-        await web.SockSite(runner, self._sock, ssl_context=ssl_context, backlog=1024).start()
+        server = runner.server
+        assert server is not None
+        refusal = _refusal(self.max_connections)
+
+        def connection() -> asyncio.Protocol:
+            """aiohttp's handler for a new connection, or, past the cap, one that says why and closes."""
+            if len(server.connections) >= self.max_connections:
+                return _Refuse(refusal)
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(connection, sock=self._sock, ssl=ssl_context, backlog=1024)
         self._runner = runner
 
     async def stop(self) -> None:
         """Close the listening socket and every connection (in-flight requests are answered first by the
         dataplane's own shutdown: see MdnServer.stop)."""
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
