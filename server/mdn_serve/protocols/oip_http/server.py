@@ -15,7 +15,6 @@ import functools
 import hmac
 import json
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from mdn_serve.errors import InvalidInput, MdnError, Overloaded, Unavailable
 from mdn_serve.protocols.oip import codec as oip
 from mdn_serve.protocols.oip.outputs import MODEL_INPUT, check_control_parameters
 from mdn_serve.protocols.oip_http import codec
+from mdn_serve.protocols.oip_http.listener import Listener
 from mdn_serve.protocols.rpc import status_for
 from mdn_serve.serving.dataplane import Dataplane
 from mdn_serve.tracing import UNTRACED
@@ -159,43 +159,6 @@ def endpoint(method: str, sheds: bool = False) -> Callable[[Endpoint], Callable[
     return wrap
 
 
-def bind_socket(host: str, port: int, share_port: bool) -> socket.socket:
-    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if share_port:  # --workers: every worker binds the port
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise MdnError(
-            f"cannot bind HTTP {host}:{port} ({exc.strerror}): is another server on it? pick another "
-            "--http-port, or -1 to turn HTTP off"
-        ) from None
-    return sock
-
-
-def _refusal(limit: int) -> bytes:
-    body = json.dumps({"error": f"this server holds its limit of {limit} HTTP connections "
-                                "(--max-http-connections); retry later or on another replica"}).encode()  # fmt: skip
-    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {codec.JSON_TYPE}\r\nContent-Length: {len(body)}"
-            "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")  # fmt: skip
-    return head.encode() + body
-
-
-class _Refuse(asyncio.Protocol):
-    """A connection past the cap: answered 503 with the reason at once, then closed."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self.answer)
-        transport.close()
-
-
 class HttpFrontend:
     """The HTTP/REST routes over a Dataplane, and their server's lifecycle (bind, start, stop)."""
 
@@ -220,9 +183,7 @@ class HttpFrontend:
         self._on_refused = on_refused
         self.app = web.Application(client_max_size=max_message_bytes, middlewares=[self._guard])
         self._add_routes()
-        self._sock: socket.socket | None = None
-        self._runner: web.AppRunner | None = None
-        self._listener: asyncio.Server | None = None
+        self.listener = Listener(max_connections)
         self.port = 0
 
     def _add_routes(self) -> None:
@@ -267,45 +228,17 @@ class HttpFrontend:
 
     def bind(self, host: str, port: int, share_port: bool = False) -> int:
         """Bind the port now (0: a free one), so that it is known before any model loads; the port."""
-        self._sock = bind_socket(host, port, share_port)
-        self.port = self._sock.getsockname()[1]
+        self.port = self.listener.bind(host, port, share_port)
         return self.port
 
     async def start(self, ssl_context: ssl.SSLContext | None, keepalive_seconds: float, stop_seconds: float) -> None:
         """Serve on the bound socket; stop() then waits up to stop_seconds for requests in flight."""
-        assert self._sock is not None, "bind() first"
-        runner = web.AppRunner(
-            self.app,
-            shutdown_timeout=stop_seconds,
-            access_log=None,
-            handler_cancellation=True,  # a client that disconnects cancels its request's work
-            keepalive_timeout=keepalive_seconds,
-        )
-        await runner.setup()
-        server = runner.server
-        assert server is not None
-        refusal = _refusal(self.max_connections)
-
-        def connection() -> asyncio.Protocol:
-            """aiohttp's handler for a new connection, or, past the cap, one that says why and closes."""
-            if len(server.connections) >= self.max_connections:
-                return _Refuse(refusal)
-            return server()
-
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(connection, sock=self._sock, ssl=ssl_context, backlog=1024)
-        self._runner = runner
+        await self.listener.start(self.app, ssl_context, keepalive_seconds, stop_seconds)
 
     async def stop(self) -> None:
         """Close the listening socket and every connection (in-flight requests are answered first by the
         dataplane's own shutdown: see MdnServer.stop)."""
-        if self._listener is not None:
-            self._listener.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        elif self._sock is not None:
-            self._sock.close()
+        await self.listener.stop()
 
     # --- endpoints -----------------------------------------------------------------------------------
 
@@ -402,6 +335,8 @@ class HttpFrontend:
 
     async def _body(self, request: web.Request) -> bytes:
         try:
+            if request.content.is_eof():  # all of it arrived already (small requests): no timer needed
+                return await request.read()
             async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
                 return await request.read()
         except TimeoutError:
