@@ -26,14 +26,15 @@ def measure_overload(target: str, model: str, seconds: float, info: tuple[dict[s
                       timeout=10.0)  # fmt: skip
     unloaded = asyncio.run(run_load(replace(base, concurrency=1), model_info=info))
     capacity = asyncio.run(run_load(replace(base, concurrency=CAPACITY_CLIENTS), model_info=info))
-    rate = OVERLOAD_FACTOR * capacity.requests_per_second
+    # What the server answered, not what it was sent: a refusal in the capacity run is no capacity.
+    rate = OVERLOAD_FACTOR * capacity.rows_per_second / OVERLOAD_BATCH
     overload = asyncio.run(run_load(replace(base, rate=rate), model_info=info))
     budget_ms = 1000.0 * QUEUE_BUDGET_SECONDS
     return {
         "rpc": "modes",
         "batch": OVERLOAD_BATCH,
         "factor": OVERLOAD_FACTOR,
-        "capacity_requests_per_second": capacity.requests_per_second,
+        "capacity_requests_per_second": capacity.rows_per_second / OVERLOAD_BATCH,
         "capacity_rows_per_second": capacity.rows_per_second,
         "unloaded_p99_ms": unloaded.latency_ms.get("p99", 0.0),
         "overload_rate": rate,
