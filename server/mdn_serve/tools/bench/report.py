@@ -146,7 +146,8 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Overload: Modes batch {o['batch']}, one client, then eight clients in a closed loop (the "
-            f"capacity: what they get answered), then an open loop at {o['factor']:g}x that capacity ({o['overload_rate']:.0f} requests/s): "
+            f"capacity: what they get answered), then an open loop at {o['factor']:g}x that capacity "
+            f"({o['overload_rate']:.0f} requests/s): "
             f"capacity {o['capacity_rows_per_second']:.0f} rows/s, goodput {o['goodput_rows_per_second']:.0f} rows/s "
             f"({o['goodput_vs_capacity']:.2f}), answered p99 {o['answered_p99_ms'] or 0:.0f} ms against an unloaded "
             f"p99 of {o['unloaded_p99_ms']:.1f} ms; status codes: {codes}.",
