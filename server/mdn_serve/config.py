@@ -87,7 +87,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     d = Settings()
     p = argparse.ArgumentParser(
         prog="mdn-serve",
-        description="Serve MDNs exported by mdn-export over gRPC. Every flag can also be set as an "
+        description="Serve MDNs exported by mdn-export over gRPC and HTTP. Every flag can also be set as an "
         "MDN_* environment variable (e.g. --max-rows as MDN_MAX_ROWS); flags win.",
     )
 
