@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -44,13 +46,14 @@ def predict_on_fresh_connections(target: str, count: int) -> None:
             assert list(reply.weights.shape) == [1, 3]
 
 
-def predicts_counted(metrics_port: int) -> float:
+def predicts_counted(metrics_port: int, method: str = "Predict", protocol: str = "mdn.v1") -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     total = 0.0
     for family in text_string_to_metric_families(body):
         for s in family.samples:
-            if s.name == "mdn_requests_total" and s.labels.get("method") == "Predict" and s.labels["code"] == "OK":
-                total += s.value
+            labels = s.labels
+            if s.name == "mdn_requests_total" and labels.get("method") == method and labels["code"] == "OK":
+                total += s.value if labels.get("protocol") == protocol else 0.0
     return total
 
 
@@ -65,6 +68,15 @@ def test_workers_share_the_port_and_one_scrape_counts_them_all(trained, tmp_path
         log = proc.log()
         served_by = {pid for pid in pids if f"[{pid}]: SERVING" in log}
         assert served_by == pids  # both workers loaded the models and serve
+        # The HTTP port is shared the same way (a fresh connection per request), and the one scrape counts
+        # the HTTP requests of every worker.
+        http_port = int(re.search(r"HTTP/REST on [^ ]+:(\d+) \(2 workers\)", log).group(1))  # type: ignore[union-attr]
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.6, 0.6]}]}).encode()
+        for _ in range(20):
+            request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/two_link_arm/infer", data=body)
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                assert json.loads(reply.read())["model_name"] == "two_link_arm"
+        assert predicts_counted(proc.metrics_port, "ModelInfer", "oip-http") == 20  # both workers' HTTP requests
 
         # A worker that dies is replaced; the other keeps serving meanwhile.
         victim = sorted(pids)[0]
