@@ -3,9 +3,7 @@ against a real server on a repository of its own; and under load."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,8 +17,8 @@ from mdn_serve.config import parse_settings
 from mdn_serve.tools.client import MdnClient
 
 from tests.conftest import serve_in_process
-from tests.test_http import call
-from tests.test_third_party_clients import CLIENTS_PYTHON, REPO
+from tests.http_client import call
+from tests.test_third_party_clients import run_client
 
 ARM, TOY, BROKEN = "two_link_arm", "inverse_sine", "broken"
 
@@ -186,19 +184,11 @@ def test_unload_drains_admitted_work_and_others_are_untouched_under_load(reposit
 
 
 def test_triton_clients_load_and_unload(repository):
-    if not CLIENTS_PYTHON.exists():
-        pytest.fail(f"{CLIENTS_PYTHON} is missing: `make install` builds the third-party clients environment")
     proc = serve_in_process("--model-repository", str(repository), "--model-control-mode", "explicit")
     try:
-        result = subprocess.run(
-            [str(CLIENTS_PYTHON), str(REPO / "tests" / "clients" / "triton_control_check.py"), proc.target,
-             f"127.0.0.1:{proc.http_port}", TOY, BROKEN],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        report = run_client("triton_control_check.py", proc.target, f"127.0.0.1:{proc.http_port}", TOY, BROKEN)
     finally:
         proc.stop()
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
     for kind, not_found, failed in (("grpc", "StatusCode.NOT_FOUND", "StatusCode.FAILED_PRECONDITION"),
                                     ("http", "404", "400")):  # fmt: skip
         ready_before, loaded, ready, listed, unloaded, ready_after, broken, unknown = report[kind]

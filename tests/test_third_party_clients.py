@@ -19,19 +19,20 @@ CLIENTS_PYTHON = Path(os.environ.get("MDN_CLIENTS_PYTHON", REPO / ".venv-clients
 ARM = "two_link_arm"
 
 
-@pytest.fixture(scope="module")
-def triton_report(server) -> dict[str, Any]:
+def run_client(script: str, *args: str) -> dict[str, Any]:
+    """Run one of tests/clients/ in the third-party clients' environment; the JSON report it prints."""
     if not CLIENTS_PYTHON.exists():
         pytest.fail(f"{CLIENTS_PYTHON} is missing: `make install` builds the third-party clients environment")
-    result = subprocess.run(
-        [str(CLIENTS_PYTHON), str(REPO / "tests" / "clients" / "triton_check.py"), server.target, ARM],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = subprocess.run([str(CLIENTS_PYTHON), str(REPO / "tests" / "clients" / script), *args],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
     return report
+
+
+@pytest.fixture(scope="module")
+def triton_report(server) -> dict[str, Any]:
+    return run_client("triton_check.py", server.target, ARM)
 
 
 def test_triton_client_sees_a_live_ready_server_and_its_model(triton_report):
@@ -116,16 +117,7 @@ def test_triton_client_gets_our_error_statuses(triton_report):
 @pytest.fixture(scope="module")
 def triton_http_report(server) -> dict[str, Any]:
     """What tritonclient.http saw against the HTTP/REST endpoint (JSON and binary tensors)."""
-    if not CLIENTS_PYTHON.exists():
-        pytest.fail(f"{CLIENTS_PYTHON} is missing: `make install` builds the third-party clients environment")
-    result = subprocess.run(
-        [str(CLIENTS_PYTHON), str(REPO / "tests" / "clients" / "triton_http_check.py"),
-         f"127.0.0.1:{server.http_port}", ARM],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
+    return run_client("triton_http_check.py", f"127.0.0.1:{server.http_port}", ARM)
 
 
 def test_triton_http_client_sees_the_server_model_and_configuration(triton_http_report):
@@ -180,15 +172,7 @@ def test_triton_http_client_reads_statistics_index_and_errors(triton_http_report
 
 def test_kserve_rest_client_infers_with_json_and_binary_tensors(server):
     """KServe's own REST client (Open Inference Protocol v2) against the HTTP endpoint."""
-    if not CLIENTS_PYTHON.exists():
-        pytest.fail(f"{CLIENTS_PYTHON} is missing: `make install` builds the third-party clients environment")
-    result = subprocess.run(
-        [str(CLIENTS_PYTHON), str(REPO / "tests" / "clients" / "kserve_http_check.py"),
-         f"127.0.0.1:{server.http_port}", ARM],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_client("kserve_http_check.py", f"127.0.0.1:{server.http_port}", ARM)
     assert (report["live"], report["ready"], report["model_ready"]) == (True, True, True)
     x = np.array([[0.6, 0.6], [0.9, 0.3]], np.float32)
     with MdnClient(server.target) as client:

@@ -18,7 +18,7 @@ from mdn_serve.tracing import wanted
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from tests.conftest import serve_in_process
-from tests.test_http import call, infer_body
+from tests.http_client import call, infer_body
 
 ARM = "two_link_arm"
 
