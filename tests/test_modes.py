@@ -196,3 +196,37 @@ def test_the_search_runs_in_chunks_that_give_the_same_answer_and_can_be_stopped(
 
     with pytest.raises(Interrupted, match="after 14 of 40 rows"):
         mixture_modes(w, m, s, should_stop=stop)
+
+
+def test_rows_whose_components_are_all_apart_take_the_short_way_to_the_same_answer(monkeypatch):
+    import mdn_core.modes as modes_module
+
+    rng = np.random.default_rng(11)
+    batch, k, dim = 60, 4, 2
+    w = rng.dirichlet(np.ones(k), batch)
+    w[::5, -1] = 2e-4  # a component under min_mass: no mode of its own
+    w /= w.sum(axis=1, keepdims=True)
+    s = np.exp(rng.uniform(np.log(0.05), np.log(0.5), (batch, k, dim)))
+    m = rng.uniform(-1.0, 1.0, (batch, k, dim))
+    m[::2, :, 0] = 20.0 * np.arange(k)  # even rows: components far apart; odd rows: crowded
+    monkeypatch.setattr(modes_module, "_search", counted := _Counted(modes_module._search))
+    short = mixture_modes(w, m, s)
+    assert counted.rows == batch // 2  # only the crowded rows were searched the long way
+    monkeypatch.setattr(modes_module, "ISOLATION", np.inf)  # no row is apart: the whole search for all
+    full = mixture_modes(w, m, s)
+    assert short.num_modes.tolist() == full.num_modes.tolist()
+    assert short.num_modes[::2].tolist() == np.sum(w[::2] >= 1e-3, axis=1).tolist()
+    np.testing.assert_allclose(short.modes, full.modes, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(short.log_density, full.log_density, rtol=1e-6)
+    np.testing.assert_allclose(short.mass, full.mass, rtol=1e-6, atol=1e-7)
+
+
+class _Counted:
+    """A function wrapper counting the rows of the first argument it was called with."""
+
+    def __init__(self, function):
+        self.function, self.rows = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.rows += len(args[0])
+        return self.function(*args, **kwargs)

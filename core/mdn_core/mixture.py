@@ -24,7 +24,10 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 # numpy's reductions are slow along a short last axis (components K, dimensions D): these
-# take the maximum slice by slice and sum with a matrix product, several times faster.
+# work slice by slice, or sum with one matrix product over the array seen as 2-D (a product
+# of a 3-D array with a vector loops over its leading axes, one small product each: 15x slower
+# on (5,000, 3, 2)). Measured on (5,000, 3, 2), (1,000, 32, 7) and (256, 512, 32) arrays.
+_FEW = 4  # up to this many slices, adding them beats the matrix product
 
 
 def _max_last(a: FloatArray) -> FloatArray:
@@ -40,8 +43,16 @@ def _min_last(a: FloatArray) -> FloatArray:
 
 
 def _sum_last(a: FloatArray) -> FloatArray:
-    """np.sum(a, axis=-1) of a floating array."""
-    out: FloatArray = a @ np.ones(a.shape[-1], dtype=a.dtype)
+    """np.sum(a, axis=-1) of a floating array (a new array)."""
+    n = a.shape[-1]
+    if n == 1:
+        return a[..., 0].copy()
+    if n <= _FEW:
+        out: FloatArray = functools.reduce(np.add, [a[..., j] for j in range(n)])
+        return out
+    if a.ndim > 2 and a.flags.c_contiguous:
+        return (a.reshape(-1, n) @ np.ones(n, dtype=a.dtype)).reshape(a.shape[:-1])
+    out = a @ np.ones(n, dtype=a.dtype)
     return out
 
 

@@ -4,6 +4,12 @@ Same tensors as mdn_core.mixture: weights (B, K), means (B, K, D), scales (B, K,
 
 How `mixture_modes` works, per row:
 
+0. A row whose searched components are all ISOLATION apart (in the sum of their two scales, in
+   some dimension) takes a short way: each component of min_mass is a mode of its own, at its
+   mean (where fixed-point steps converge at once: the others' tails, beyond ISOLATION scales,
+   hardly move it) with its weight as its basin's probability (what the others' tails add or
+   take is below 1e-20, plus the weight of the unsearched components). A trained MDN's rows are
+   mostly of this kind: 82% of the planar two-link arm's, for instance.
 1. From the means: each searched component's mean climbs (below) to a candidate; end points in
    one grid cell (CELL of the row's finest searched scale) are one candidate.
 2. Polish: Newton steps on log p with the exact Hessian (halved, or a fixed-point step, wherever
@@ -47,8 +53,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mdn_core.chunks import spans, stack_padded
-from mdn_core.climb import MixtureSearch, basin_points, grid_groups, interval_masses, isolated, roots
-from mdn_core.mixture import _max_last, _sum_last
+from mdn_core.climb import NEWTON_TOL, MixtureSearch, basin_points, interval_masses, isolated
+from mdn_core.mixture import _max_last
+from mdn_core.settle import Settled, settle
 
 FloatArray = NDArray[np.floating]
 
@@ -62,9 +69,6 @@ FINDING_DRAWS = 16  # more starts per component in one dimension, where they are
 MAX_DRAW_STEPS = 200  # climbing steps of a probe or draw at most
 CLIMB_TOL = 1e-4  # climbs from the means stop when a step is below this fraction of the finest scale
 DRAW_TOL = 1e-3  # ... and those of the draws, which only need to reach a candidate's cell
-CAPTURE = 0.25  # a climb this close to a known mode (of its narrowest width) has reached it
-CELL = 1e-2  # end points in one grid cell of this size (same unit) are one candidate
-DIP_RANGE = 0.1  # modes closer than this (of the finest scale) are checked for a dip between them
 _UNSEARCHED_MASS_FRACTION = 1e-3  # components lighter than this times min_mass are not searched
 # Rows x components^2 x dimensions per chunk of the search (every start climbs over every component):
 # tens of milliseconds, from a 7-joint arm's 36 rows to a planar arm's 3,600.
@@ -132,9 +136,9 @@ def mixture_modes(
     batch, k, dim = means.shape
     step = max(MIN_CHUNK_ROWS, CHUNK_WORK // (k * k * dim))
     if batch <= step:
-        return _search(weights, means, scales, max_modes, max_iter, merge_tol, min_mass)
+        return _chunk(weights, means, scales, max_modes, max_iter, merge_tol, min_mass)
     parts = [
-        _search(weights[a:b], means[a:b], scales[a:b], max_modes, max_iter, merge_tol, min_mass)
+        _chunk(weights[a:b], means[a:b], scales[a:b], max_modes, max_iter, merge_tol, min_mass)
         for a, b in spans(batch, step, should_stop, "rows")
     ]
     return Modes(
@@ -145,7 +149,7 @@ def mixture_modes(
     )
 
 
-def _search(
+def _chunk(
     weights: FloatArray,
     means: FloatArray,
     scales: FloatArray,
@@ -154,17 +158,81 @@ def _search(
     merge_tol: float,
     min_mass: float,
 ) -> Modes:
-    """mixture_modes for one chunk of rows."""
-    batch, _, dim = means.shape
+    """mixture_modes for one chunk of rows: rows whose components are all apart take the short way (0.)."""
+    searched = weights.astype(np.float64) >= min_mass * _UNSEARCHED_MASS_FRACTION
+    lonely = isolated(means.astype(np.float64), scales.astype(np.float64), searched, ISOLATION)
+    apart = np.all(lonely | ~searched, axis=1)
+    if not apart.any():
+        return _search(weights, means, scales, searched, lonely, max_modes, max_iter, merge_tol, min_mass)
+    fast, slow = np.flatnonzero(apart), np.flatnonzero(~apart)
+    found = [(fast, _apart(weights[fast], means[fast], scales[fast], searched[fast], max_modes, min_mass))]
+    if slow.size:
+        rows = (weights[slow], means[slow], scales[slow], searched[slow], lonely[slow])
+        found.append((slow, _search(*rows, max_modes, max_iter, merge_tol, min_mass)))
+    return _scatter(len(apart), means.shape[2], found)
+
+
+def _apart(
+    weights: FloatArray, means: FloatArray, scales: FloatArray, searched: NDArray[np.bool_], max_modes: int,
+    min_mass: float,
+) -> Modes:  # fmt: skip
+    """Rows whose searched components are all ISOLATION apart: each component of min_mass is a mode
+    of its own, near its mean, with its weight as the probability of its basin.
+
+    Where the others' tails are this thin a fixed-point step converges at once (its rate is their
+    responsibility): two steps from the mean, and where the second still moved more than
+    NEWTON_TOL of the finest scale (never seen on a trained model), Newton polishing as in 2."""
     w = weights.astype(np.float64)
-    searched = w >= min_mass * _UNSEARCHED_MASS_FRACTION
+    mix = MixtureSearch.of(weights, means, scales, _unit(scales, searched))
+    row, k = np.nonzero((w >= min_mass) & (w > 0.0))
+    start = mix.fixed_point(mix.means[row, k], row)
+    x = mix.fixed_point(start, row)
+    slow = np.flatnonzero(_max_last(np.abs(x - start) / mix.unit[row]) > NEWTON_TOL)
+    peak = np.ones(len(row), dtype=bool)
+    log_p = mix.log_p(x, row)
+    if slow.size:
+        x[slow], log_p[slow], peak[slow], _ = mix.polish(x[slow], row[slow])
+    return _pack(len(w), x, log_p, w[row, k], row, peak, max_modes)
+
+
+def _scatter(batch: int, dim: int, found: list[tuple[NDArray[np.intp], Modes]]) -> Modes:
+    """One Modes of `batch` rows from parts, each for the rows listed beside it."""
+    width = max(part.modes.shape[1] for _, part in found)
+    out = Modes(
+        np.full((batch, width, dim), np.nan, np.float32),
+        np.full((batch, width), np.nan, np.float32),
+        np.full((batch, width), np.nan, np.float32),
+        np.zeros(batch, np.int32),
+    )
+    for rows, part in found:
+        n = part.modes.shape[1]
+        out.modes[rows, :n], out.log_density[rows, :n], out.mass[rows, :n] = part.modes, part.log_density, part.mass
+        out.num_modes[rows] = part.num_modes
+    return out
+
+
+def _search(
+    weights: FloatArray,
+    means: FloatArray,
+    scales: FloatArray,
+    searched: NDArray[np.bool_],
+    lonely: NDArray[np.bool_],
+    max_modes: int,
+    max_iter: int,
+    merge_tol: float,
+    min_mass: float,
+) -> Modes:
+    """The whole search (1.-5.) on rows; `searched` and `lonely` (B, K): which components are searched,
+    which are isolated."""
+    dim = means.shape[2]
+    w = weights.astype(np.float64)
     mix = MixtureSearch.of(weights, means, scales, _unit(scales, searched))
     mb, mk = np.nonzero(searched)
 
     # 1. From the means: candidates, polished and merged, are the first modes.
     row = mb.astype(np.intp)
     ends, _ = mix.climb(mix.means[mb, mk], row, CLIMB_TOL * mix.unit[row], max_iter)
-    first = _settle(mix, ends, row, merge_tol)
+    first = settle(mix, ends, row, merge_tol)
 
     # 2. Probes along the widest PROBE_AXES axes of each component (mean +- PROBE scales): they find
     # modes whose basin holds no mean, and tell which components lie inside one basin.
@@ -173,7 +241,7 @@ def _search(
     sigma = scales.astype(np.float64)
     spread = sigma[mb, mk]  # (C, D)
     # Nor is one lighter than min_mass: its whole weight, wherever it goes, is below what counts.
-    lonely = isolated(mix.means, sigma, searched, ISOLATION)[mb, mk] | (w[mb, mk] < min_mass)
+    lonely = lonely[mb, mk] | (w[mb, mk] < min_mass)
     probed = np.flatnonzero(~lonely)
     count = min(dim, PROBE_AXES)
     widest = np.argsort(spread[probed], axis=1)[:, -count:]  # (P, count)
@@ -216,10 +284,24 @@ def _search(
         mass = np.bincount(owners[counted], weights=shares[counted], minlength=len(final.x)).astype(np.float64)
 
     # 4. Keep modes of min_mass; sort each row's by mass, then density.
-    keep = final.is_mode & (mass >= min_mass)
-    idx = np.flatnonzero(keep)
-    idx = idx[np.lexsort((-final.log_p[idx], -mass[idx], final.row[idx]))]
-    kr = final.row[idx]
+    return _pack(len(w), final.x, final.log_p, mass, final.row, final.is_mode, max_modes, min_mass)
+
+
+def _pack(
+    batch: int,
+    x: FloatArray,
+    log_p: FloatArray,
+    mass: FloatArray,
+    row: NDArray[np.intp],
+    is_mode: NDArray[np.bool_],
+    max_modes: int,
+    min_mass: float = 0.0,
+) -> Modes:
+    """Modes from candidates (N, D) of rows `row`: those that are modes with mass >= min_mass, each row's
+    sorted by mass, then density, at most max_modes (0: all)."""
+    idx = np.flatnonzero(is_mode & (mass >= min_mass))
+    idx = idx[np.lexsort((-log_p[idx], -mass[idx], row[idx]))]
+    kr = row[idx]
     num_modes = np.bincount(kr, minlength=batch).astype(np.int32)
     slot = np.arange(len(idx)) - np.concatenate([[0], np.cumsum(num_modes)[:-1]])[kr]
     if max_modes:
@@ -227,10 +309,10 @@ def _search(
         shown = slot < max_modes
         idx, kr, slot = idx[shown], kr[shown], slot[shown]
     width = int(num_modes.max()) if batch else 0
-    out_modes = np.full((batch, width, dim), np.nan, np.float32)
+    out_modes = np.full((batch, width, x.shape[1]), np.nan, np.float32)
     out_dens = np.full((batch, width), np.nan, np.float32)
     out_mass = np.full((batch, width), np.nan, np.float32)
-    out_modes[kr, slot], out_dens[kr, slot], out_mass[kr, slot] = final.x[idx], final.log_p[idx], mass[idx]
+    out_modes[kr, slot], out_dens[kr, slot], out_mass[kr, slot] = x[idx], log_p[idx], mass[idx]
     return Modes(out_modes, out_dens, out_mass, num_modes)
 
 
@@ -242,13 +324,13 @@ def _follow(moved: NDArray[np.intp], owner: NDArray[np.intp]) -> NDArray[np.intp
 
 def _extend(
     mix: MixtureSearch,
-    known: _Settled,
+    known: Settled,
     points: FloatArray,
     rows: NDArray[np.intp],
     searched: NDArray[np.bool_],
     max_iter: int,
     merge_tol: float,
-) -> tuple[_Settled, NDArray[np.intp], NDArray[np.intp]]:
+) -> tuple[Settled, NDArray[np.intp], NDArray[np.intp]]:
     """Climb more points; those that reach a known mode stop there, the others end at new candidates,
     settled together with the known modes. Returns the new settlement, the mode each point belongs to,
     and where each of `known`'s candidates went (its mode's index in the new one, -1 if none).
@@ -269,7 +351,7 @@ def _extend(
     if not free.any():  # every climb reached a known mode: nothing new to settle
         moved = np.where(known.is_mode, np.arange(len(known.x)), -1)
         return known, moved[caught], moved
-    settled = _settle(
+    settled = settle(
         mix,
         np.concatenate([known.x[modes], ends[free].astype(np.float64)]),
         np.concatenate([known.row[modes], rows[free]]),
@@ -282,117 +364,3 @@ def _extend(
     owner[~free] = moved[caught[~free]]
     owner[free] = settled.owner[len(modes) :]
     return settled, owner, moved
-
-
-@dataclass(frozen=True)
-class _Settled:
-    """Candidates (sorted by row, then density, highest first), which are modes, and the mode each
-    settled point belongs to (-1 where its row has none)."""
-
-    x: FloatArray  # (C, D)
-    log_p: FloatArray  # (C,)
-    row: NDArray[np.intp]  # (C,)
-    is_mode: NDArray[np.bool_]  # (C,)
-    owner: NDArray[np.intp]  # (N,), per settled point
-    batch: int
-    radius: FloatArray  # (C,): how close a climb must come to a mode to be in its basin
-    curvature: FloatArray  # (C,): the sharpest curvature of log p at each candidate
-
-    def table(self) -> tuple[NDArray[np.intp], FloatArray, FloatArray]:
-        """(B, W) mode indices per row, -1 padded, the candidates' points and radii: for climb's capture."""
-        modes = np.flatnonzero(self.is_mode)
-        counts = np.bincount(self.row[modes], minlength=self.batch)
-        width = int(counts.max()) if len(modes) else 0
-        table = np.full((self.batch, width), -1, dtype=np.intp)
-        slot = np.arange(len(modes)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[self.row[modes]]
-        table[self.row[modes], slot] = modes
-        return table, self.x, self.radius
-
-
-def _settle(
-    mix: MixtureSearch, ends: FloatArray, row: NDArray[np.intp], merge_tol: float, known: _Settled | None = None
-) -> _Settled:
-    """Group end points into candidates (grid cells), polish them, merge peaks that are one mode
-    (closer than merge_tol, or closer than DIP_RANGE with no dip between), and say which mode
-    each end point belongs to: its candidate's, or the nearest one where that is not a mode.
-
-    With `known`, the first end points are its modes, in order, already polished: they are kept
-    as they are (each is the first point of its cell, so its cell's candidate).
-    """
-    of_end, first = grid_groups(ends, row, CELL * mix.unit)
-    c_row = row[first]
-    modes = np.flatnonzero(known.is_mode) if known is not None else np.zeros(0, dtype=np.intp)
-    done = first < len(modes)
-    c_x, c_log_p = np.empty((len(first), ends.shape[1])), np.empty(len(first))
-    c_peak, c_curv = np.ones(len(first), dtype=bool), np.empty(len(first))
-    if known is not None:
-        source = modes[first[done]]
-        c_x[done], c_log_p[done], c_curv[done] = known.x[source], known.log_p[source], known.curvature[source]
-    rest = ~done
-    c_x[rest], c_log_p[rest], c_peak[rest], c_curv[rest] = mix.polish(ends[first[rest]], c_row[rest])
-    order = np.lexsort((-c_log_p, c_row))
-    c_x, c_log_p, c_peak, c_row, c_curv = c_x[order], c_log_p[order], c_peak[order], c_row[order], c_curv[order]
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    of_end = rank[of_end]
-    parent = np.arange(len(c_x))
-    i, j = _pairs_within_rows(c_row)
-    ok = c_peak[i] & c_peak[j]
-    i, j = i[ok], j[ok]
-    gap = _max_last(np.abs(c_x[i] - c_x[j]) / mix.unit[c_row[i]]) if len(i) else np.zeros(0)
-    same = gap < merge_tol
-    check = (gap < DIP_RANGE) & ~same
-    same[check] = mix.no_dip(c_x[i[check]], c_x[j[check]], c_row[i[check]], c_log_p[j[check]])
-    np.minimum.at(parent, j[same], i[same])  # j ranks after i: point it at the best i it merges with
-    parent = roots(parent)
-    is_mode = c_peak & (parent == np.arange(len(c_x)))
-    owner = parent[of_end]
-    lost = ~is_mode[owner]
-    if lost.any():
-        owner[lost] = _nearest_mode(ends[lost], row[lost], c_x, c_row, is_mode, mix.unit)
-    # Capture radius: CAPTURE of the peak's narrowest width, and under half the way to another mode.
-    radius = CAPTURE / np.sqrt(np.maximum(c_curv, np.finfo(np.float64).tiny))
-    i, j = _pairs_within_rows(c_row)
-    both = is_mode[i] & is_mode[j]
-    i, j = i[both], j[both]
-    apart = 0.45 * np.sqrt(_sum_last((c_x[i] - c_x[j]) ** 2)) if len(i) else np.zeros(0)
-    np.minimum.at(radius, i, apart)
-    np.minimum.at(radius, j, apart)
-    return _Settled(c_x, c_log_p, c_row, is_mode, owner, len(mix.unit), radius, c_curv)
-
-
-def _pairs_within_rows(rows: NDArray[np.intp]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """All index pairs (i < j) of a sorted row vector that share a row."""
-    counts = np.bincount(rows) if len(rows) else np.zeros(0, dtype=np.intp)
-    width = int(counts.max()) if len(counts) else 0
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
-    a, b = np.triu_indices(width, k=1)
-    valid = b[None, :] < counts[:, None]  # (rows, pairs)
-    r, p = np.nonzero(valid)
-    return starts[r] + a[p], starts[r] + b[p]
-
-
-def _nearest_mode(
-    points: FloatArray,
-    row: NDArray[np.intp],
-    c_x: FloatArray,
-    c_row: NDArray[np.intp],
-    is_mode: NDArray[np.bool_],
-    unit: FloatArray,
-) -> NDArray[np.intp]:
-    """For points (N, D) of rows `row`: the index of the nearest mode of the same row, or -1 if none."""
-    modes = np.flatnonzero(is_mode)
-    counts = np.bincount(c_row[modes], minlength=len(unit))
-    width = int(counts.max()) if len(modes) else 0
-    if width == 0:
-        return np.full(len(points), -1, dtype=np.intp)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = np.arange(len(modes)) - starts[c_row[modes]]
-    table = np.full((len(unit), width), -1, dtype=np.intp)
-    table[c_row[modes], slot] = modes
-    cand = table[row]  # (N, W)
-    where = c_x[np.maximum(cand, 0)]  # (N, W, D)
-    dist = _max_last(np.abs(where - points[:, None, :]) / unit[row][:, None, :])
-    dist = np.where(cand >= 0, dist, np.inf)
-    out: NDArray[np.intp] = cand[np.arange(len(points)), np.argmin(dist, axis=1)]
-    return out
