@@ -11,8 +11,10 @@ import grpc
 import numpy as np
 import pinocchio as pin
 import pytest
-from mdn_core.chain import matrix_quaternion, pose_targets, quaternion_matrix, rotation_log
-from mdn_core.ik import goal_of, refine, solve, task_errors
+from mdn_core.chain import pose_targets
+from mdn_core.ik import goal_of, solve, task_errors
+from mdn_core.refine import refine
+from mdn_core.rotations import matrix_quaternion, quaternion_matrix, rotation_log
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve.tools.client import MdnClient

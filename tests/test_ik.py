@@ -7,8 +7,9 @@ import math
 import grpc
 import numpy as np
 import pytest
-from mdn_core.ik import refine, solve, task_jacobian
+from mdn_core.ik import solve, task_jacobian
 from mdn_core.kinematics import PlanarArm
+from mdn_core.refine import refine
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve._proto.mdn.v1 import mdn_pb2 as pb
@@ -53,7 +54,7 @@ def test_refinement_reaches_the_closed_form_solution():
     truth[:, 1] = np.sign(truth[:, 1]) * np.maximum(np.abs(truth[:, 1]), 0.3)  # clear of the singular elbow
     targets = ARM.forward(truth)
     seeds = truth + rng.normal(0, 0.05, truth.shape)
-    refined = refine(ARM.chain, targets, seeds[:, None, :], tolerance=1e-9)[0][:, 0]
+    refined = refine(ARM.chain, targets, seeds[:, None, :], 1e-9, 1e-4)[0][:, 0]
     assert np.max(np.linalg.norm(ARM.forward(refined) - targets, axis=-1)) < 1e-9
     np.testing.assert_allclose(refined, truth, atol=1e-6)  # the same branch as the seed
     assert ARM.within_limits(refined).all()

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
+
+from mdn_core.rotations import matrix_quaternion, quaternion_matrix, rotation_6d
 
 FloatArray = NDArray[np.floating]
 
@@ -87,6 +90,15 @@ def _matrix(rows: tuple[float, ...]) -> NDArray[np.float64]:
 
 def _rows(matrix: NDArray[np.float64]) -> tuple[float, ...]:
     return tuple(float(v) for v in matrix[:3, :].ravel())
+
+
+class Walk(NamedTuple):
+    """What SerialChain.columns computes, the configurations last."""
+
+    position: NDArray[np.float64]  # (3, n)
+    rotation: NDArray[np.float64]  # (3, 3, n)
+    jacobian: NDArray[np.float64] | None  # (6, J, n)
+    origins: NDArray[np.float64]  # (J, 3, n): where each joint sits
 
 
 @dataclass(frozen=True)
@@ -191,19 +203,15 @@ class SerialChain:
         assert jac is not None
         return transforms, jac
 
-    def _walk(
-        self, q: NDArray[np.float64], jacobian: bool, keep_origins: bool = False
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
-        """The tip transforms, and the Jacobian (jacobian=True) or the joints' positions (keep_origins=True).
+    def columns(self, qt: NDArray[np.float64], jacobian: bool = True) -> Walk:
+        """For joint values qt (J, n), laid out with the configurations last: tip positions (3, n),
+        rotations (3, 3, n) and, with jacobian, geometric Jacobians (6, J, n) (rows as above).
 
-        Rows are flattened to n and laid out last, (3, 3, n) and so on, so that every numpy operation
-        runs along n: per joint, one (11, 3) x (3, n) matrix product for each of the rotation's three
-        rows (see _blocks in __post_init__) and a few elementwise updates. (With n first, each
-        operation looped over 3 x 3 inner blocks: three times slower.)
+        Every numpy operation runs along n: per joint, one (11, 3) x (3, n) matrix product for each
+        of the rotation's three rows (see _blocks in __post_init__) and a few elementwise updates.
+        (With n first, each operation looped over 3 x 3 inner blocks: three times slower.)
         """
-        lead, joints = q.shape[:-1], self.num_joints
-        n = int(np.prod(lead))
-        qt = np.ascontiguousarray(q.reshape(n, joints).T)  # (J, n)
+        joints, n = qt.shape
         sin, one_minus_cos = np.sin(qt), 1.0 - np.cos(qt)
         blocks = self._blocks  # type: ignore[attr-defined]
         pos = np.zeros((3, n))
@@ -222,16 +230,10 @@ class SerialChain:
             origins[i] = pos
         assert rot is not None
         tip = self._tip  # type: ignore[attr-defined]
-        tip_pos = pos + np.matmul(tip[:3, 3], rot)  # (3, n)
-        out = np.zeros((n, 4, 4))
-        out[:, :3, 3] = tip_pos.T
-        out[:, :3, :3] = np.matmul(tip[:3, :3].T, rot).transpose(2, 0, 1)
-        out[:, 3, 3] = 1.0
-        if keep_origins:
-            points = np.concatenate([origins, tip_pos[None]]).transpose(2, 0, 1)
-            return out.reshape(*lead, 4, 4), points.reshape(*lead, joints + 1, 3)
+        tip_pos = pos + np.matmul(tip[:3, 3], rot)
+        tip_rot = np.matmul(tip[:3, :3].T, rot)
         if not jacobian:
-            return out.reshape(*lead, 4, 4), None
+            return Walk(tip_pos, tip_rot, None, origins)
         r = tip_pos - origins  # (J, 3, n): from each joint to the tip
         a = axes
         jac = np.empty((6, joints, n))
@@ -243,7 +245,27 @@ class SerialChain:
         if prismatic.any():  # a sliding joint moves the tip along its axis and does not turn it
             jac[:3, prismatic] = a.transpose(1, 0, 2)[:, prismatic]
             jac[3:, prismatic] = 0.0
-        return out.reshape(*lead, 4, 4), np.ascontiguousarray(jac.transpose(2, 0, 1)).reshape(*lead, 6, joints)
+        return Walk(tip_pos, tip_rot, jac, origins)
+
+    def _walk(
+        self, q: NDArray[np.float64], jacobian: bool, keep_origins: bool = False
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        """columns() for q (..., J): the tip transforms, and the Jacobian (jacobian=True) or the joints'
+        positions (keep_origins=True), with the configurations first again."""
+        lead, joints = q.shape[:-1], self.num_joints
+        n = int(np.prod(lead))
+        walk = self.columns(np.ascontiguousarray(q.reshape(n, joints).T), jacobian)
+        out = np.zeros((n, 4, 4))
+        out[:, :3, 3] = walk.position.T
+        out[:, :3, :3] = walk.rotation.transpose(2, 0, 1)
+        out[:, 3, 3] = 1.0
+        if keep_origins:
+            points = np.concatenate([walk.origins, walk.position[None]]).transpose(2, 0, 1)
+            return out.reshape(*lead, 4, 4), points.reshape(*lead, joints + 1, 3)
+        if walk.jacobian is None:
+            return out.reshape(*lead, 4, 4), None
+        jac = np.ascontiguousarray(walk.jacobian.transpose(2, 0, 1))
+        return out.reshape(*lead, 4, 4), jac.reshape(*lead, 6, joints)
 
     def within_limits(self, q: FloatArray, slack: float = 0.0) -> NDArray[np.bool_]:
         """True where every joint value (..., J) lies inside its limits (widened by slack)."""
@@ -281,80 +303,7 @@ def planar_chain(link_lengths: tuple[float, ...], joint_limits: tuple[tuple[floa
     return SerialChain(tuple(joints), tip, target="planar", base_link="base", tip_link="tip")
 
 
-# ---------------------------------------------------------------- rotations and targets
-
-
-def quaternion_matrix(quat: FloatArray) -> NDArray[np.float64]:
-    """Rotation matrices (..., 3, 3) of unit quaternions (..., 4) in (qx, qy, qz, qw) order."""
-    q = np.asarray(quat, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    out = np.empty((*q.shape[:-1], 3, 3))
-    out[..., 0, 0] = 1 - 2 * (y * y + z * z)
-    out[..., 0, 1] = 2 * (x * y - z * w)
-    out[..., 0, 2] = 2 * (x * z + y * w)
-    out[..., 1, 0] = 2 * (x * y + z * w)
-    out[..., 1, 1] = 1 - 2 * (x * x + z * z)
-    out[..., 1, 2] = 2 * (y * z - x * w)
-    out[..., 2, 0] = 2 * (x * z - y * w)
-    out[..., 2, 1] = 2 * (y * z + x * w)
-    out[..., 2, 2] = 1 - 2 * (x * x + y * y)
-    return out
-
-
-def matrix_quaternion(rot: FloatArray) -> NDArray[np.float64]:
-    """Unit quaternions (..., 4), (qx, qy, qz, qw) with qw >= 0, of rotation matrices (..., 3, 3)."""
-    r = np.asarray(rot, dtype=np.float64)
-    # Each candidate is accurate where its component is large; take the largest per matrix.
-    t = np.stack([1 + r[..., 0, 0] - r[..., 1, 1] - r[..., 2, 2], 1 - r[..., 0, 0] + r[..., 1, 1] - r[..., 2, 2],
-                  1 - r[..., 0, 0] - r[..., 1, 1] + r[..., 2, 2], 1 + r[..., 0, 0] + r[..., 1, 1] + r[..., 2, 2]],
-                 axis=-1)  # fmt: skip
-    which = np.argmax(t, axis=-1)
-    x01, x02, x12 = r[..., 0, 1] + r[..., 1, 0], r[..., 0, 2] + r[..., 2, 0], r[..., 1, 2] + r[..., 2, 1]
-    d21, d02, d10 = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]
-    cands = np.stack(
-        [
-            np.stack([t[..., 0], x01, x02, d21], -1),
-            np.stack([x01, t[..., 1], x12, d02], -1),
-            np.stack([x02, x12, t[..., 2], d10], -1),
-            np.stack([d21, d02, d10, t[..., 3]], -1),
-        ],
-        axis=-2,
-    )  # (..., 4 candidates, 4)
-    q = np.take_along_axis(cands, which[..., None, None], axis=-2)[..., 0, :]
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    out: NDArray[np.float64] = np.where(q[..., 3:4] < 0, -q, q)
-    return out
-
-
-def rotation_log(rot: FloatArray) -> NDArray[np.float64]:
-    """The rotation vector (axis times angle, (..., 3)) of rotation matrices (..., 3, 3), stable near 0 and pi."""
-    r = np.asarray(rot, dtype=np.float64)
-    vee = 0.5 * np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
-    sin = np.linalg.norm(vee, axis=-1)
-    cos = 0.5 * (np.trace(r, axis1=-2, axis2=-1) - 1.0)
-    angle = np.arctan2(sin, cos)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(sin > 1e-12, angle / sin, 1.0)
-    out = vee * scale[..., None]
-    # Near pi, sin is tiny and the skew part loses the axis: read it from the symmetric part.
-    near_pi = (cos < 0.0) & (sin < 1e-4)
-    if np.any(near_pi):
-        # (R + R^T) / 2 - cos I = (1 - cos) a a^T: any column with a large diagonal entry is along a.
-        sym = 0.5 * (r[near_pi] + np.swapaxes(r[near_pi], -1, -2)) - cos[near_pi][:, None, None] * np.eye(3)
-        col = np.argmax(np.einsum("nii->ni", sym), axis=-1)
-        axis = np.take_along_axis(sym, col[:, None, None], axis=-1)[..., 0]
-        axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
-        sign = np.where(np.sum(axis * vee[near_pi], axis=-1) < 0, -1.0, 1.0)[:, None]
-        out[near_pi] = sign * axis * angle[near_pi][:, None]
-    return out
-
-
-def rotation_6d(rot: FloatArray) -> NDArray[np.float64]:
-    """The continuous 6-D encoding of rotations (..., 3, 3): the first two columns, (..., 6)."""
-    r = np.asarray(rot, dtype=np.float64)
-    out: NDArray[np.float64] = np.concatenate([r[..., :, 0], r[..., :, 1]], axis=-1)
-    return out
+# ---------------------------------------------------------------- targets
 
 
 def pose_targets(transforms: FloatArray) -> NDArray[np.float64]:

@@ -364,11 +364,15 @@ def interval_masses(
 
 def grid_groups(ends: FloatArray, row: NDArray[np.intp], cell: FloatArray) -> tuple[NDArray[np.intp], ...]:
     """Group points (N, D) of rows `row` by grid cell (each row's cell size: cell (B, D)): (group of each
-    point (N,), first point of each group)."""
+    point (N,), first point of each group), groups in the order of (row, cell)."""
     cells = np.floor(ends / cell[row]).astype(np.int64)
-    keys = np.concatenate([row[:, None].astype(np.int64), cells], axis=1)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    return inverse.reshape(-1), first
+    order = np.lexsort([*cells.T[::-1], row])  # stable: within a group, by index
+    s_cells, s_row = cells[order], row[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (s_row[1:] != s_row[:-1]) | np.any(s_cells[1:] != s_cells[:-1], axis=1)
+    group = np.empty(len(order), dtype=np.intp)
+    group[order] = np.cumsum(new) - 1
+    return group, order[new]
 
 
 def roots(parent: NDArray[np.intp]) -> NDArray[np.intp]:

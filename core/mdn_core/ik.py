@@ -17,10 +17,12 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_core.chain import TWO_PI, SerialChain, quaternion_matrix, rotation_log, task_of
+from mdn_core.chain import TWO_PI, SerialChain, task_of
 from mdn_core.chunks import spans
 from mdn_core.mixture import DrawStream
 from mdn_core.modes import Modes, mixture_modes
+from mdn_core.refine import refine
+from mdn_core.rotations import quaternion_matrix, rotation_log
 from mdn_core.solutions import Solutions, concatenate
 
 FloatArray = NDArray[np.floating]
@@ -31,10 +33,6 @@ DEFAULT_REFINE = True  # what a request that does not say gets
 # Extra seeds drawn from the mixture when a request says 0 (see default_draws).
 REDUNDANT_DRAWS = 32  # more joints than task rows: every seed lands on its own point of the self-motion
 ISOLATED_DRAWS = 64  # finitely many solutions: enough draws to reach the lightly weighted branches too
-MAX_ITERATIONS = 40
-MIN_DAMPING = 1e-6
-STALL_WINDOW = 5  # steps between checks that a seed still makes progress
-STALL_RATIO = 0.3  # ... by cutting its squared error to under this fraction
 CHUNK_SEEDS = 4096  # seeds per chunk of targets (see solve): about 90 ms on a 7-joint arm
 MERGE_RADIANS = 1e-3  # solutions closer than this in every joint are one solution
 OK = "ok"
@@ -85,77 +83,6 @@ def task_jacobian(chain: SerialChain, q: FloatArray) -> tuple[NDArray[np.float64
     """Tip transforms (..., 4, 4) and the Jacobian rows of the task (..., m, J)."""
     transforms, jac = chain.forward_and_jacobian(q)
     return transforms, jac[..., : chain.task_rows, :]
-
-
-def clip_to_limits(chain: SerialChain, q: NDArray[np.float64]) -> NDArray[np.float64]:
-    lim = chain.limits
-    out: NDArray[np.float64] = np.where(chain.unbounded, q, np.clip(q, lim[:, 0], lim[:, 1]))
-    return out
-
-
-def refine(
-    chain: SerialChain,
-    targets: FloatArray,
-    seeds: FloatArray,
-    tolerance: float,
-    orientation_tolerance: float = DEFAULT_ORIENTATION_TOLERANCE,
-    iterations: int = MAX_ITERATIONS,
-    skip: NDArray[np.bool_] | None = None,
-) -> tuple[NDArray[np.float64], NDArray[np.int32]]:
-    """Levenberg-Marquardt on the task error from each seed, kept inside the joint limits.
-
-    targets (B, width), seeds (B, S, J) -> (refined values (B, S, J), steps taken (B, S)). Only the
-    seeds still moving are computed; a step is kept if it lowers the weighted error (rotation
-    weighted by tolerance / orientation_tolerance, so both tolerances weigh the same), and the
-    damping shrinks after a good step and grows after a bad one. Seeds where `skip` (B, S) is True
-    (padding) are left as they are.
-    """
-    goal = goal_of(chain, targets)
-    batch, num, joints = np.shape(seeds)
-    theta = clip_to_limits(chain, np.asarray(seeds, dtype=np.float64)).reshape(batch * num, joints)
-    goal_flat = np.repeat(goal, num, axis=0)
-    weight = np.ones(chain.task_rows)
-    weight[3:] = tolerance / orientation_tolerance
-    steps = np.zeros(batch * num, dtype=np.int32)
-
-    def cost(q: NDArray[np.float64], g: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
-        transforms, jac = task_jacobian(chain, q)
-        e, pos, rot = task_errors(chain, g, transforms)
-        return e * weight, pos, rot, jac * weight[:, None]
-
-    e, pos, rot, jac = cost(theta, goal_flat)
-    done = (pos <= tolerance) & ((rot <= orientation_tolerance) | np.isnan(rot))
-    if skip is not None:
-        done |= np.asarray(skip, dtype=bool).reshape(-1)
-    active = np.flatnonzero(~done)
-    damping = np.full(batch * num, 1e-3)
-    eye = np.eye(len(weight))
-    then = np.sum(e * e, axis=-1)  # the squared weighted error at the last stall check
-    for step_number in range(1, iterations + 1):
-        if not active.size:
-            break
-        q, ea, ja, lam = theta[active], e[active], jac[active], damping[active]
-        jjt = ja @ np.swapaxes(ja, -1, -2) + (lam**2)[:, None, None] * eye
-        step = (np.swapaxes(ja, -1, -2) @ np.linalg.solve(jjt, ea[..., None]))[..., 0]
-        trial = clip_to_limits(chain, q + step)
-        te, tpos, trot, tjac = cost(trial, goal_flat[active])
-        better = np.sum(te * te, axis=-1) < np.sum(ea * ea, axis=-1)
-        kept = active[better]
-        theta[kept], e[kept], jac[kept], pos[kept], rot[kept] = (
-            trial[better], te[better], tjac[better], tpos[better], trot[better]
-        )  # fmt: skip
-        # Never below MIN_DAMPING: at a singular configuration J J^T alone cannot be inverted.
-        damping[active] = np.where(better, np.maximum(lam * 0.3, MIN_DAMPING), lam * 4.0)
-        steps[active] += 1
-        converged = (pos[active] <= tolerance) & ((rot[active] <= orientation_tolerance) | np.isnan(rot[active]))
-        active = active[~converged & (damping[active] < 1e6)]
-        if step_number % STALL_WINDOW == 0 and active.size:
-            # A seed that has not cut its squared error to STALL_RATIO in STALL_WINDOW steps is stuck
-            # (against a limit, or crawling along a singular direction): converging ones are far faster.
-            now = np.sum(e[active] * e[active], axis=-1)
-            active = active[now < STALL_RATIO * then[active]]
-            then[active] = np.sum(e[active] * e[active], axis=-1)
-    return theta.reshape(batch, num, joints), steps.reshape(batch, num)
 
 
 def choose_turns(
