@@ -11,6 +11,8 @@ import sys
 import pytest
 from mdn_serve.tools import loadtest
 
+from tests.conftest import serve_in_process
+
 
 @pytest.mark.parametrize(
     "args",
@@ -91,6 +93,24 @@ def test_loadtest_fails_over_its_error_rate_and_needs_no_metadata_given_the_inpu
     assert "status codes: OK" in capsys.readouterr().out
     assert loadtest.main([*common, "--input-name", "nope"]) == 1
     assert "first INVALID_ARGUMENT: " in capsys.readouterr().err
+
+
+def test_open_loop_throughput_is_counted_over_the_window_not_the_drain(trained, tmp_path):
+    """A batch waits 0.8 s for more requests: the open loop then waits up to that long for its last answers,
+    and dividing by that drain as well would report about (1 + 0.4) / (1 + 0.8) of the rate."""
+    slow = serve_in_process("--model-repository", str(trained["models"]), "--max-queue-delay-ms", "800")
+    try:
+        out = tmp_path / "result.json"
+        code = loadtest.main(["--target", slow.target, "--rate", "50", "--duration", "1.0", "--warmup", "1.0",
+                              "--quiet", "--json", str(out)])  # fmt: skip
+    finally:
+        slow.stop()
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["latency_ms"]["p99"] >= 700  # the batching delay
+    assert result["seconds"] == pytest.approx(1.0, abs=0.05)
+    assert result["requests_per_second"] == pytest.approx(50, rel=0.12)
+    assert result["requests"] == pytest.approx(50, abs=2)  # the ones sent within the window, answered or not
 
 
 def test_loadtest_exit_code_follows_the_error_rate(monkeypatch, capsys):

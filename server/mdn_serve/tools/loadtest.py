@@ -4,6 +4,13 @@ Closed loop: N clients, each sends its next request when the last one returns. O
 requests leave at a fixed rate whatever happens, and latency is measured from each request's
 scheduled send time, so a server stall shows up as latency instead of being hidden by a
 client that waited. Every run is bounded by a duration and a request count.
+
+What is measured: the requests sent within the window of `duration` seconds after the warm-up,
+whenever they complete (the run waits for the last ones): their latencies, their status codes,
+and their count over the window's length as the throughput. Requests still in flight when the
+window opens were sent during the warm-up and are left out, as many as are left in flight when it
+closes, so a steady load is counted at its rate. (Dividing instead by the time it took to drain the
+last answers would understate an open loop's throughput by up to the server's queue time.)
 """
 
 from __future__ import annotations
@@ -96,12 +103,12 @@ class _Recorder:
         self.latencies: list[float] = []
         self.answered: list[float] = []  # latencies of the requests answered OK
         self.codes: Counter[str] = Counter()
-        self.measuring = False
+        self.window_start = math.inf  # time.perf_counter() from which sends are measured
         self.first_error = ""
         self.first_errors: dict[str, str] = {}
 
-    def record(self, seconds: float, code: str, detail: str = "") -> None:
-        if self.measuring:
+    def record(self, sent: float, seconds: float, code: str, detail: str = "") -> None:
+        if sent >= self.window_start:
             self.latencies.append(seconds)
             self.codes[code] += 1
             if code == "OK":
@@ -135,7 +142,7 @@ async def run_load(
 
     async def one(i: int, scheduled: float) -> None:
         code, detail = await sender.send(i)
-        recorder.record(time.perf_counter() - scheduled, code, detail)
+        recorder.record(scheduled, time.perf_counter() - scheduled, code, detail)
 
     async def closed_client(worker: int) -> None:
         nonlocal sent
@@ -186,8 +193,8 @@ async def run_load(
 
     try:
         await sender.ready()
-        begin_load = time.perf_counter()
-        stop_at = begin_load + config.warmup + config.duration
+        begin = recorder.window_start = time.perf_counter() + config.warmup
+        stop_at = begin + config.duration
         load = (
             asyncio.ensure_future(open_loop())
             if config.rate > 0
@@ -195,11 +202,9 @@ async def run_load(
         )
         if config.warmup > 0:
             await asyncio.sleep(config.warmup)
-        recorder.measuring = True
-        begin = time.perf_counter()
         ticker = asyncio.ensure_future(report_progress(begin)) if progress else None
         await load
-        seconds = time.perf_counter() - begin
+        seconds = config.duration
         if ticker is not None:
             ticker.cancel()
             print(file=sys.stderr)
