@@ -1,11 +1,9 @@
-"""Search primitives on one batch's Gaussian mixture, for mdn_core.modes: climbing, Newton polishing,
-dip checks, the quasi-random draws, exact basin masses in one dimension, and grouping points by grid
-cell, by parent pointers and by isolation."""
+"""Search primitives on one batch's Gaussian mixture, for mdn_core.modes: climbing, Newton polishing
+and dip checks."""
 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,42 +20,6 @@ DIP_POINTS = 7  # density checks on the segment between two nearby modes
 _FEW_STARTS = 64
 _STEPS_PER_GATHER = 8
 _CHUNK = 1 << 15  # starts per climbing chunk: bounds the (starts, K, D) temporaries
-
-
-@functools.lru_cache(maxsize=32)
-def basin_points(count: int, dim: int) -> NDArray[np.float64]:
-    """`count` fixed points spread evenly over the standard normal in `dim` dimensions (read-only).
-
-    Quasi-random rather than random: the uniforms are the midpoints (j + 1/2) / count in one
-    dimension and, in more, antithetic pairs (u, 1 - u) from a Kronecker sequence (the R_d
-    sequence: frac(1/2 + j * alpha), alpha the powers of the inverse of the d-dimensional golden
-    ratio), mapped through the normal's inverse CDF. A basin's share of a component is then
-    estimated with an error nearer 1 / count than the 1 / sqrt(count) of random draws.
-    """
-    if dim == 1:
-        uniform = (np.arange(count, dtype=np.float64)[:, None] + 0.5) / count
-    else:
-        phi = 2.0
-        for _ in range(64):  # the root of x^(d+1) = x + 1
-            phi = (1.0 + phi) ** (1.0 / (dim + 1))
-        alpha = (1.0 / phi) ** np.arange(1, dim + 1)
-        half = (0.5 + np.arange((count + 1) // 2, dtype=np.float64)[:, None] * alpha[None, :]) % 1.0
-        uniform = np.concatenate([half, 1.0 - half])[:count]  # antithetic: symmetric about the mean
-    points: NDArray[np.float64] = np.vectorize(_normal_quantile, otypes=[np.float64])(uniform)
-    points.setflags(write=False)
-    return points
-
-
-def _normal_quantile(u: float) -> float:
-    """The standard normal's inverse CDF by bisection on math.erf (only for the cached points above)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        if 0.5 * (1.0 + math.erf(mid / math.sqrt(2.0))) < u:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
 
 
 @dataclass(frozen=True)
@@ -119,8 +81,7 @@ class MixtureSearch:
         """
         ends = np.array(x.T, order="C")  # (D, N), as every array below: points last
         caught = np.full(len(x), -1, dtype=np.intp)
-        if known is not None and known[0].shape[1]:
-            table, axes, radius2 = known[0], np.ascontiguousarray(known[1].T), np.square(known[2])
+        modes = _Known(*known) if known is not None and known[0].shape[1] else None
         for lo in range(0, len(x), _CHUNK):
             index = np.arange(lo, min(lo + _CHUNK, len(x)))
             b = row[index]
@@ -128,6 +89,7 @@ class MixtureSearch:
             limit = np.ascontiguousarray(tol[index].T)
             mb, pb, nb = self.by_row.at(b)
             wb = self.by_row.weighted_at(b)
+            near = modes.near(b) if modes is not None else None
             alive = np.ones(len(index), dtype=bool)  # columns still climbing (the others are done)
             steps = 0
             while alive.any() and steps < max_iter:
@@ -146,16 +108,10 @@ class MixtureSearch:
                     xa = np.where(passed, xa - sa, xa + ahead)
                     steps += 1
                 moving = alive & ((np.abs(sa) / limit).max(axis=0) > 1.0)
-                if known is not None and known[0].shape[1]:
-                    near = table[b]  # (P, W)
-                    there = np.maximum(near, 0)
-                    gaps = [(np.take(c, there) - xa[d][:, None]) ** 2 for d, c in enumerate(axes)]
-                    gap = functools.reduce(np.add, gaps)
-                    gap = np.where(near >= 0, gap / np.take(radius2, there), np.inf)
-                    best = np.argmin(gap, axis=1)
-                    pick = np.arange(len(b))
-                    inside = moving & (gap[pick, best] < 1.0)
-                    caught[index[inside]] = near[pick, best][inside]
+                if near is not None:
+                    inside, mode = near.capture(xa)
+                    inside &= moving
+                    caught[index[inside]] = mode[inside]
                     moving &= ~inside
                 done = alive & ~moving
                 if done.any():  # their end points out; the others go on
@@ -167,6 +123,7 @@ class MixtureSearch:
                         index, b, nb, alive = index[keep], b[keep], np.take(nb, keep, axis=1), alive[keep]
                         xa, sa, limit = (np.take(a, keep, axis=1) for a in (xa, sa, limit))
                         mb, pb, wb = (np.take(a, keep, axis=2) for a in (mb, pb, wb))
+                        near = near.take(keep) if near is not None else None
             ends[:, index[alive]] = xa[:, alive]  # out of steps: where they got to
         return np.ascontiguousarray(ends.T), caught
 
@@ -257,6 +214,44 @@ class MixtureSearch:
         return out
 
 
+class _Known:
+    """Known modes a climb stops at: a table (B, W) of mode indices per row (-1 padded), their points
+    (M, D) and capture radii (M,)."""
+
+    def __init__(self, table: NDArray[np.intp], points: FloatArray, radius: FloatArray) -> None:
+        self.table, self.axes, self.radius2 = table, np.ascontiguousarray(points.T), np.square(radius)
+
+    def near(self, row: NDArray[np.intp]) -> _Near:
+        """The known modes of the rows of climbing points, gathered once for as long as they climb."""
+        mode = self.table[row]
+        there = np.maximum(mode, 0)
+        coords = np.stack([np.take(c, there) for c in self.axes])
+        return _Near(mode, coords, np.where(mode >= 0, 1.0 / np.take(self.radius2, there), 0.0), mode >= 0)
+
+
+@dataclass(frozen=True)
+class _Near:
+    """Climbing points' known modes: indices (P, W), coordinates (D, P, W), 1 / radius^2 (P, W), and
+    which slots hold a mode (P, W)."""
+
+    mode: NDArray[np.intp]
+    coords: FloatArray
+    inverse: FloatArray
+    valid: NDArray[np.bool_]
+
+    def take(self, keep: NDArray[np.intp]) -> _Near:
+        return _Near(self.mode[keep], self.coords[:, keep], self.inverse[keep], self.valid[keep])
+
+    def capture(self, xt: FloatArray) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
+        """For points xt (D, P): whether each is within a known mode's radius, and which (the nearest
+        in radii)."""
+        gap = functools.reduce(np.add, [(c - x[:, None]) ** 2 for c, x in zip(self.coords, xt, strict=True)])
+        gap = np.where(self.valid, gap * self.inverse, np.inf)
+        best = np.argmin(gap, axis=1)
+        pick = np.arange(len(best))
+        return gap[pick, best] < 1.0, self.mode[pick, best]
+
+
 @dataclass(frozen=True)
 class _ByRow:
     """A mixture's arrays with the rows last: (K, D, B) and (K, B)."""
@@ -314,79 +309,4 @@ def _newton_steps(hess: FloatArray, grad: FloatArray, diag: FloatArray) -> Float
         out: FloatArray = -np.linalg.solve(hess - shift, grad[:, :, None])[:, :, 0]
     except np.linalg.LinAlgError:  # an exactly singular one in the batch: the pseudo-inverse
         out = -(np.linalg.pinv(hess - shift) @ grad[:, :, None])[:, :, 0]
-    return out
-
-
-def normal_cdf(z: FloatArray) -> FloatArray:
-    """The standard normal CDF, through erf by Abramowitz and Stegun 7.1.26 (absolute error < 1.5e-7)."""
-    x = np.abs(z) / math.sqrt(2.0)
-    t = 1.0 / (1.0 + 0.3275911 * x)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    erf = 1.0 - poly * np.exp(-x * x)
-    out: FloatArray = 0.5 * (1.0 + np.sign(z) * erf)
-    return out
-
-
-def interval_masses(
-    mix: MixtureSearch,
-    weights: FloatArray,
-    scales: FloatArray,
-    x: FloatArray,
-    row: NDArray[np.intp],
-    is_mode: NDArray[np.bool_],
-) -> FloatArray:
-    """One dimension: each mode's basin is the interval between the density's minima on either side
-    of it; its probability is the mixture's CDF difference over that interval (exact to 1.5e-7)."""
-    mass = np.zeros(len(x))
-    modes = np.flatnonzero(is_mode)
-    modes = modes[np.lexsort((x[modes], row[modes]))]  # by row, then position
-    r = row[modes]
-    inner = np.flatnonzero(r[1:] == r[:-1])  # gaps between neighbouring modes of one row
-    lo, hi = x[modes[inner]], x[modes[inner + 1]]
-    gr = r[inner]
-    mu, prec = mix.means[gr, :, 0], mix.precisions[gr, :, 0]
-    for _ in range(60):  # bisection for where d/dx log p turns from falling to rising
-        mid = 0.5 * (lo + hi)
-        log_joint = mix.log_norm[gr] - 0.5 * (mid[:, None] - mu) ** 2 * prec
-        r_mid = np.exp(log_joint - np.max(log_joint, axis=1, keepdims=True))
-        falling = np.sum(r_mid * (mu - mid[:, None]) * prec, axis=1) < 0.0
-        lo, hi = np.where(falling, mid, lo), np.where(falling, hi, mid)
-    cut = 0.5 * (lo + hi)
-    left = np.full(len(modes), -np.inf)
-    right = np.full(len(modes), np.inf)
-    left[inner + 1], right[inner] = cut, cut
-    mu, sigma = mix.means[r, :, 0], scales.astype(np.float64)[r, :, 0]
-    with np.errstate(invalid="ignore"):
-        share = normal_cdf((right[:, None] - mu) / sigma) - normal_cdf((left[:, None] - mu) / sigma)
-    mass[modes] = np.sum(weights[r] * share, axis=1)
-    return mass
-
-
-def grid_groups(ends: FloatArray, row: NDArray[np.intp], cell: FloatArray) -> tuple[NDArray[np.intp], ...]:
-    """Group points (N, D) of rows `row` by grid cell (each row's cell size: cell (B, D)): (group of each
-    point (N,), first point of each group), groups in the order of (row, cell)."""
-    cells = np.floor(ends / cell[row]).astype(np.int64)
-    order = np.lexsort([*cells.T[::-1], row])  # stable: within a group, by index
-    s_cells, s_row = cells[order], row[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = (s_row[1:] != s_row[:-1]) | np.any(s_cells[1:] != s_cells[:-1], axis=1)
-    group = np.empty(len(order), dtype=np.intp)
-    group[order] = np.cumsum(new) - 1
-    return group, order[new]
-
-
-def roots(parent: NDArray[np.intp]) -> NDArray[np.intp]:
-    """Follow parent pointers (each points at itself or at an earlier entry) to their roots."""
-    for _ in range(max(1, int(np.ceil(np.log2(max(len(parent), 2)))) + 1)):
-        parent = parent[parent]
-    return parent
-
-
-def isolated(means: FloatArray, sigma: FloatArray, searched: NDArray[np.bool_], isolation: float) -> NDArray[np.bool_]:
-    """(B, K): components separated from every other searched one of their row by more than `isolation`
-    times the sum of their scales, in at least one dimension."""
-    gap = np.abs(means[:, :, None, :] - means[:, None, :, :]) / (sigma[:, :, None, :] + sigma[:, None, :, :])
-    apart = np.max(gap, axis=-1) > isolation  # (B, K, K)
-    apart |= ~searched[:, None, :] | np.eye(means.shape[1], dtype=bool)[None]
-    out: NDArray[np.bool_] = np.all(apart, axis=-1)
     return out

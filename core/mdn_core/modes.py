@@ -8,8 +8,9 @@ How `mixture_modes` works, per row:
    some dimension) takes a short way: each component of min_mass is a mode of its own, at its
    mean (where fixed-point steps converge at once: the others' tails, beyond ISOLATION scales,
    hardly move it) with its weight as its basin's probability (what the others' tails add or
-   take is below 1e-20, plus the weight of the unsearched components). A trained MDN's rows are
-   mostly of this kind: 82% of the planar two-link arm's, for instance.
+   take is of the order of 1e-20, plus the weight of the unsearched components). How many rows
+   are of this kind depends on the model: 11% of the two-link arm's for targets within its joint
+   limits, where a light, broad component usually lies near one of the two branches.
 1. From the means: each searched component's mean climbs (below) to a candidate; end points in
    one grid cell (CELL of the row's finest searched scale) are one candidate.
 2. Polish: Newton steps on log p with the exact Hessian (halved, or a fixed-point step, wherever
@@ -52,10 +53,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from mdn_core.basins import basin_points, interval_masses
 from mdn_core.chunks import spans, stack_padded
-from mdn_core.climb import NEWTON_TOL, MixtureSearch, basin_points, interval_masses, isolated
+from mdn_core.climb import NEWTON_TOL, MixtureSearch
 from mdn_core.mixture import _max_last
-from mdn_core.settle import Settled, settle
+from mdn_core.settle import Settled, isolated, settle
 
 FloatArray = NDArray[np.floating]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_core.climb import MixtureSearch, grid_groups, roots
+from mdn_core.climb import MixtureSearch
 from mdn_core.mixture import _max_last, _sum_last
 
 FloatArray = NDArray[np.floating]
@@ -130,4 +130,34 @@ def _nearest_mode(
     dist = _max_last(np.abs(where - points[:, None, :]) / unit[row][:, None, :])
     dist = np.where(cand >= 0, dist, np.inf)
     out: NDArray[np.intp] = cand[np.arange(len(points)), np.argmin(dist, axis=1)]
+    return out
+
+
+def grid_groups(ends: FloatArray, row: NDArray[np.intp], cell: FloatArray) -> tuple[NDArray[np.intp], ...]:
+    """Group points (N, D) of rows `row` by grid cell (each row's cell size: cell (B, D)): (group of each
+    point (N,), first point of each group), groups in the order of (row, cell)."""
+    cells = np.floor(ends / cell[row]).astype(np.int64)
+    order = np.lexsort([*cells.T[::-1], row])  # stable: within a group, by index
+    s_cells, s_row = cells[order], row[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (s_row[1:] != s_row[:-1]) | np.any(s_cells[1:] != s_cells[:-1], axis=1)
+    group = np.empty(len(order), dtype=np.intp)
+    group[order] = np.cumsum(new) - 1
+    return group, order[new]
+
+
+def roots(parent: NDArray[np.intp]) -> NDArray[np.intp]:
+    """Follow parent pointers (each points at itself or at an earlier entry) to their roots."""
+    for _ in range(max(1, int(np.ceil(np.log2(max(len(parent), 2)))) + 1)):
+        parent = parent[parent]
+    return parent
+
+
+def isolated(means: FloatArray, sigma: FloatArray, searched: NDArray[np.bool_], isolation: float) -> NDArray[np.bool_]:
+    """(B, K): components separated from every other searched one of their row by more than `isolation`
+    times the sum of their scales, in at least one dimension."""
+    gap = np.abs(means[:, :, None, :] - means[:, None, :, :]) / (sigma[:, :, None, :] + sigma[:, None, :, :])
+    apart = np.max(gap, axis=-1) > isolation  # (B, K, K)
+    apart |= ~searched[:, None, :] | np.eye(means.shape[1], dtype=bool)[None]
+    out: NDArray[np.bool_] = np.all(apart, axis=-1)
     return out
