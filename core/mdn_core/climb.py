@@ -19,7 +19,7 @@ NEWTON_STEPS = 60
 DIP_POINTS = 7  # density checks on the segment between two nearby modes
 _FEW_STARTS = 64
 _STEPS_PER_GATHER = 8
-_CHUNK = 1 << 15  # starts per climbing chunk: bounds the (starts, K, D) temporaries
+_CHUNK = 1 << 15  # starts per climbing chunk: bounds the (K, D, starts) temporaries
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,11 @@ class MixtureSearch:
     slower on a planar arm's (5,000, 3, 2) arrays.)
     """
 
-    log_w: FloatArray  # (B, K)
     means: FloatArray  # (B, K, D)
     precisions: FloatArray  # (B, K, D): 1 / scale^2
     log_norm: FloatArray  # (B, K): log weight + log of the normal's constant
-    weighted_means: FloatArray  # (B, K, D): mean * precision
     unit: FloatArray  # (B, D): the finest scale searched, the unit of every tolerance
-    by_row: _ByRow  # the same, rows last
+    by_row: _ByRow  # means, precisions, means * precisions and log norms with the rows last
 
     @classmethod
     def of(cls, weights: FloatArray, means: FloatArray, scales: FloatArray, unit: FloatArray) -> MixtureSearch:
@@ -48,18 +46,15 @@ class MixtureSearch:
         mu = means.astype(np.float64)
         precisions = 1.0 / np.square(scales.astype(np.float64))
         log_norm = log_w + 0.5 * _sum_last(np.log(precisions)) - 0.5 * mu.shape[-1] * _LOG_2PI
-        weighted = mu * precisions
-        return cls(log_w, mu, precisions, log_norm, weighted, unit, _ByRow.of(mu, precisions, weighted, log_norm))
+        return cls(mu, precisions, log_norm, unit, _ByRow.of(mu, precisions, mu * precisions, log_norm))
 
     def single(self) -> MixtureSearch:
         """The same in float32: enough to tell which basin a climb ends in, and half the memory traffic."""
         f = np.float32
         r = self.by_row
         by_row = _ByRow(r.means.astype(f), r.precisions.astype(f), r.weighted.astype(f), r.log_norm.astype(f))
-        return MixtureSearch(
-            self.log_w.astype(f), self.means.astype(f), self.precisions.astype(f), self.log_norm.astype(f),
-            self.weighted_means.astype(f), self.unit.astype(f), by_row,
-        )  # fmt: skip
+        return MixtureSearch(self.means.astype(f), self.precisions.astype(f), self.log_norm.astype(f),
+                             self.unit.astype(f), by_row)  # fmt: skip
 
     def climb(
         self,
