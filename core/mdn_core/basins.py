@@ -13,6 +13,8 @@ from mdn_core.climb import MixtureSearch
 
 FloatArray = NDArray[np.floating]
 
+CUT_TOL = 1e-10  # the minimum between two modes is bisected to this fraction of the finest scale
+
 
 @functools.lru_cache(maxsize=32)
 def basin_points(count: int, dim: int) -> NDArray[np.float64]:
@@ -69,7 +71,8 @@ def interval_masses(
     is_mode: NDArray[np.bool_],
 ) -> FloatArray:
     """One dimension: each mode's basin is the interval between the density's minima on either side
-    of it; its probability is the mixture's CDF difference over that interval (exact to 1.5e-7)."""
+    of it; its probability is the mixture's CDF difference over that interval (exact to 1.5e-7; the
+    minima are found to CUT_TOL of the finest scale, which moves a mass by less than 1e-9)."""
     mass = np.zeros(len(x))
     modes = np.flatnonzero(is_mode)
     modes = modes[np.lexsort((x[modes], row[modes]))]  # by row, then position
@@ -77,13 +80,17 @@ def interval_masses(
     inner = np.flatnonzero(r[1:] == r[:-1])  # gaps between neighbouring modes of one row
     lo, hi = x[modes[inner]], x[modes[inner + 1]]
     gr = r[inner]
-    mu, prec = mix.means[gr, :, 0], mix.precisions[gr, :, 0]
-    for _ in range(60):  # bisection for where d/dx log p turns from falling to rising
+    # Components first, gaps last (each operation runs along the gaps).
+    mu, prec = mix.means[gr, :, 0].T.copy(), mix.precisions[gr, :, 0].T.copy()
+    log_norm, close = mix.log_norm[gr].T.copy(), CUT_TOL * mix.unit[gr, 0]
+    for _ in range(64):  # bisection for where d/dx log p turns from falling to rising
         mid = 0.5 * (lo + hi)
-        log_joint = mix.log_norm[gr] - 0.5 * (mid[:, None] - mu) ** 2 * prec
-        r_mid = np.exp(log_joint - np.max(log_joint, axis=1, keepdims=True))
-        falling = np.sum(r_mid * (mu - mid[:, None]) * prec, axis=1) < 0.0
+        log_joint = log_norm - 0.5 * (mid - mu) ** 2 * prec
+        r_mid = np.exp(log_joint - log_joint.max(axis=0))
+        falling = (r_mid * (mu - mid) * prec).sum(axis=0) < 0.0
         lo, hi = np.where(falling, mid, lo), np.where(falling, hi, mid)
+        if np.all(hi - lo <= close):
+            break
     cut = 0.5 * (lo + hi)
     left = np.full(len(modes), -np.inf)
     right = np.full(len(modes), np.inf)
