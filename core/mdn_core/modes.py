@@ -25,8 +25,8 @@ How `mixture_modes` works, per row:
 4. Probes: points PROBE scales either side of each searched component's mean along its
    PROBE_AXES widest axes (every axis in one or two dimensions) climb too (a climb that enters a
    known mode's capture radius stops there; the others end at new candidates, settled with the
-   first modes as in 1-3). They find a mode whose basin holds no
-   mean. In one dimension FINDING_DRAWS more starts per component do the same.
+   first modes of their rows as in 1-3). They find a mode whose basin holds no mean. In one
+   dimension FINDING_DRAWS more starts per component do the same.
    The climb: fixed-point steps x <- sum_k r_k mu_k / s_k^2 / sum_k r_k / s_k^2 (each raises p),
    at most CAP local scales long and halved back when they pass a crest, so that a climb stays
    in the basin it started in.
@@ -57,7 +57,7 @@ from mdn_core.basins import basin_points, interval_masses
 from mdn_core.chunks import spans, stack_padded
 from mdn_core.climb import NEWTON_TOL, MixtureSearch
 from mdn_core.mixture import _max_last
-from mdn_core.settle import Settled, isolated, settle
+from mdn_core.settle import Settled, combine, isolated, settle
 
 FloatArray = NDArray[np.floating]
 
@@ -353,16 +353,22 @@ def _extend(
     if not free.any():  # every climb reached a known mode: nothing new to settle
         moved = np.where(known.is_mode, np.arange(len(known.x)), -1)
         return known, moved[caught], moved
-    settled = settle(
+    # Only the rows with new end points are settled again (the others' modes stay as they are).
+    touched = np.zeros(known.batch, dtype=bool)
+    touched[rows[free]] = True
+    mine, others = modes[touched[known.row[modes]]], modes[~touched[known.row[modes]]]
+    part = settle(
         mix,
-        np.concatenate([known.x[modes], ends[free].astype(np.float64)]),
-        np.concatenate([known.row[modes], rows[free]]),
+        np.concatenate([known.x[mine], ends[free].astype(np.float64)]),
+        np.concatenate([known.row[mine], rows[free]]),
         merge_tol,
-        known,
+        known.subset(mine),
     )
+    settled, from_others, _ = combine(known.subset(others), part)
     moved = np.full(len(known.x), -1, dtype=np.intp)
-    moved[modes] = settled.owner[: len(modes)]
+    moved[others] = from_others
+    moved[mine] = settled.owner[: len(mine)]
     owner = np.empty(len(points), dtype=np.intp)
     owner[~free] = moved[caught[~free]]
-    owner[free] = settled.owner[len(modes) :]
+    owner[free] = settled.owner[len(mine) :]
     return settled, owner, moved

@@ -43,6 +43,27 @@ class Settled:
         table[self.row[modes], slot] = modes
         return table, self.x, self.radius
 
+    def subset(self, idx: NDArray[np.intp]) -> Settled:
+        """Candidates idx (in order) alone, no settled points."""
+        return Settled(self.x[idx], self.log_p[idx], self.row[idx], self.is_mode[idx], np.zeros(0, dtype=np.intp),
+                       self.batch, self.radius[idx], self.curvature[idx])  # fmt: skip
+
+
+def combine(kept: Settled, part: Settled) -> tuple[Settled, NDArray[np.intp], NDArray[np.intp]]:
+    """One settlement of the candidates of two, on different rows, sorted by row and density again:
+    it, and where each of kept's and part's candidates went. Its settled points are part's."""
+    x, log_p = np.concatenate([kept.x, part.x]), np.concatenate([kept.log_p, part.log_p])
+    row = np.concatenate([kept.row, part.row])
+    order = np.lexsort((-log_p, row))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    out = Settled(
+        x[order], log_p[order], row[order], np.concatenate([kept.is_mode, part.is_mode])[order],
+        np.where(part.owner >= 0, rank[len(kept.x):][np.maximum(part.owner, 0)], -1), part.batch,
+        np.concatenate([kept.radius, part.radius])[order], np.concatenate([kept.curvature, part.curvature])[order],
+    )  # fmt: skip
+    return out, rank[: len(kept.x)], rank[len(kept.x) :]
+
 
 def settle(
     mix: MixtureSearch, ends: FloatArray, row: NDArray[np.intp], merge_tol: float, known: Settled | None = None
