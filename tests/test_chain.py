@@ -14,7 +14,7 @@ import pytest
 from mdn_core.chain import pose_targets
 from mdn_core.ik import goal_of, solve, task_errors
 from mdn_core.refine import refine
-from mdn_core.rotations import matrix_quaternion, quaternion_matrix, rotation_log
+from mdn_core.rotations import matrix_quaternion, quaternion_matrix, rotation_log, rotation_log_columns
 from mdn_serve._proto.inference import grpc_service_pb2 as oip
 from mdn_serve._proto.inference import grpc_service_pb2_grpc as oip_grpc
 from mdn_serve.tools.client import MdnClient
@@ -118,6 +118,11 @@ def test_rotations_round_trip_and_the_log_map_is_stable():
         half = angle / 2
         r = quaternion_matrix(np.array([*(axis * math.sin(half)), math.cos(half)]))
         assert np.linalg.norm(rotation_log(r)) == pytest.approx(angle, abs=1e-9)
+    # The refinement's form, matrices laid out (3, 3, n), agrees with it, near pi too.
+    angles = (math.pi - 1e-7, math.pi)
+    near_pi = quaternion_matrix(np.array([[*(axis * math.sin(a / 2)), math.cos(a / 2)] for a in angles]))
+    both = np.concatenate([rot, near_pi])
+    np.testing.assert_allclose(rotation_log_columns(both.transpose(1, 2, 0)).T, rotation_log(both), atol=1e-12)
 
 
 URDF = """<robot name="r">
