@@ -79,12 +79,6 @@ def task_errors(
     )
 
 
-def task_jacobian(chain: SerialChain, q: FloatArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Tip transforms (..., 4, 4) and the Jacobian rows of the task (..., m, J)."""
-    transforms, jac = chain.forward_and_jacobian(q)
-    return transforms, jac[..., : chain.task_rows, :]
-
-
 def choose_turns(
     chain: SerialChain, q: NDArray[np.float64], seed_state: NDArray[np.float64] | None
 ) -> NDArray[np.float64]:

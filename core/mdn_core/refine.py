@@ -85,9 +85,13 @@ def refine(
         e, pos, rot = goal.errors(at, walk.position, walk.rotation)
         return e * weight, pos, rot, walk.jacobian[:rows] * weight[:, :, None]
 
+    def within(pos: NDArray[np.float64], rot: NDArray[np.float64]) -> NDArray[np.bool_]:
+        out: NDArray[np.bool_] = (pos <= tolerance) & ((rot <= orientation_tolerance) | np.isnan(rot))
+        return out
+
     everyone = np.arange(batch * num)
     e, pos, rot, jac = cost(theta, everyone)
-    done = (pos <= tolerance) & ((rot <= orientation_tolerance) | np.isnan(rot))
+    done = within(pos, rot)
     if skip is not None:
         done |= np.asarray(skip, dtype=bool).reshape(-1)
     active = np.flatnonzero(~done)
@@ -111,7 +115,7 @@ def refine(
         # Never below MIN_DAMPING: at a singular configuration J J^T alone cannot be inverted.
         damping[active] = np.where(better, np.maximum(lam * 0.3, MIN_DAMPING), lam * 4.0)
         steps[active] += 1
-        converged = (pos[active] <= tolerance) & ((rot[active] <= orientation_tolerance) | np.isnan(rot[active]))
+        converged = within(pos[active], rot[active])
         active = active[~converged & (damping[active] < 1e6)]
         if step_number % STALL_WINDOW == 0 and active.size:
             # A seed that has not cut its squared error to STALL_RATIO in STALL_WINDOW steps is stuck
