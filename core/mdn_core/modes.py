@@ -4,13 +4,16 @@ Same tensors as mdn_core.mixture: weights (B, K), means (B, K, D), scales (B, K,
 
 How `mixture_modes` works, per row:
 
-0. A row whose searched components are all ISOLATION apart (in the sum of their two scales, in
-   some dimension) takes a short way: each component of min_mass is a mode of its own, at its
-   mean (where fixed-point steps converge at once: the others' tails, beyond ISOLATION scales,
-   hardly move it) with its weight as its basin's probability (what the others' tails add or
-   take is of the order of 1e-20, plus the weight of the unsearched components). How many rows
-   are of this kind depends on the model: 11% of the two-link arm's for targets within its joint
-   limits, where a light, broad component usually lies near one of the two branches.
+0. A component that dominates its neighbourhood (mdn_core.dominance: within the ellipsoid that
+   holds all but TAIL of it, the others change the gradient of log p too little to lead a climb
+   out or make a second peak) has one mode near its mean, whose basin holds its whole weight but
+   for at most TAIL. A row whose other searched components weigh less than min_mass - TAIL
+   together (nothing else can make a mode of min_mass) takes a short way: each dominant component
+   has a mode, polished from its mean, with its weight as its basin's probability (off by at most
+   TAIL plus that loose weight, under min_mass); components whose ellipsoids overlap share one. 67% of the two-link arm's rows
+   for targets within its joint limits take it (the others have a broad component of real weight
+   around a narrow one), none of the Panda's (16 overlapping components in 7 dimensions). In the
+   other rows dominant components are not probed (4.).
 1. From the means: each searched component's mean climbs (below) to a candidate; end points in
    one grid cell (CELL of the row's finest searched scale) are one candidate.
 2. Polish: Newton steps on log p with the exact Hessian (halved, or a fixed-point step, wherever
@@ -56,14 +59,14 @@ from numpy.typing import NDArray
 from mdn_core.basins import basin_points, interval_masses
 from mdn_core.chunks import spans, stack_padded
 from mdn_core.climb import NEWTON_TOL, MixtureSearch
+from mdn_core.dominance import TAIL, dominant
 from mdn_core.mixture import _max_last
-from mdn_core.settle import Settled, combine, isolated, settle
+from mdn_core.settle import Settled, combine, pairs_within_rows, roots, settle
 
 FloatArray = NDArray[np.floating]
 
 DEFAULT_MIN_MASS = 1e-3
 PROBE = 2.0  # probes sit this many scales from a component's mean along each axis
-ISOLATION = 10.0  # components this far apart (in the sum of their scales) are not probed
 PROBE_AXES = 2  # ... along this many of its widest axes (all of them in one or two dimensions)
 STRADDLE_DRAWS = 64  # quasi-random draws of a component whose probes reach more than one mode
 WIDE_STRADDLE_DRAWS = 16  # ... from three output dimensions on, where each climb costs more
@@ -160,33 +163,38 @@ def _chunk(
     merge_tol: float,
     min_mass: float,
 ) -> Modes:
-    """mixture_modes for one chunk of rows: rows whose components are all apart take the short way (0.)."""
-    searched = weights.astype(np.float64) >= min_mass * _UNSEARCHED_MASS_FRACTION
-    lonely = isolated(means.astype(np.float64), scales.astype(np.float64), searched, ISOLATION)
-    apart = np.all(lonely | ~searched, axis=1)
-    if not apart.any():
-        return _search(weights, means, scales, searched, lonely, max_modes, max_iter, merge_tol, min_mass)
-    fast, slow = np.flatnonzero(apart), np.flatnonzero(~apart)
-    found = [(fast, _apart(weights[fast], means[fast], scales[fast], searched[fast], max_modes, min_mass))]
+    """mixture_modes for one chunk of rows: rows where only dominant components can make a mode of
+    min_mass take the short way (0.)."""
+    w = weights.astype(np.float64)
+    searched = w >= min_mass * _UNSEARCHED_MASS_FRACTION
+    alone = dominant(w, means, scales, searched)
+    loose = np.sum(np.where(searched & ~alone, w, 0.0), axis=1)
+    short = loose + TAIL < min_mass
+    if not short.any():
+        return _search(weights, means, scales, searched, alone, max_modes, max_iter, merge_tol, min_mass)
+    fast, slow = np.flatnonzero(short), np.flatnonzero(~short)
+    found = [(fast, _dominated(weights[fast], means[fast], scales[fast], searched[fast], alone[fast], max_modes,
+                               merge_tol, min_mass))]  # fmt: skip
     if slow.size:
-        rows = (weights[slow], means[slow], scales[slow], searched[slow], lonely[slow])
+        rows = (weights[slow], means[slow], scales[slow], searched[slow], alone[slow])
         found.append((slow, _search(*rows, max_modes, max_iter, merge_tol, min_mass)))
-    return _scatter(len(apart), means.shape[2], found)
+    return _scatter(len(short), means.shape[2], found)
 
 
-def _apart(
-    weights: FloatArray, means: FloatArray, scales: FloatArray, searched: NDArray[np.bool_], max_modes: int,
-    min_mass: float,
+def _dominated(
+    weights: FloatArray, means: FloatArray, scales: FloatArray, searched: NDArray[np.bool_],
+    alone: NDArray[np.bool_], max_modes: int, merge_tol: float, min_mass: float,
 ) -> Modes:  # fmt: skip
-    """Rows whose searched components are all ISOLATION apart: each component of min_mass is a mode
-    of its own, near its mean, with its weight as the probability of its basin.
+    """Rows where only dominant components (`alone`) can make a mode of min_mass: each of them has a
+    mode near its mean, with its weight as the probability of its basin; components whose modes
+    coincide (their ellipsoids overlap, so their climbs end at one point) share theirs.
 
-    Where the others' tails are this thin a fixed-point step converges at once (its rate is their
-    responsibility): two steps from the mean, and where the second still moved more than
-    NEWTON_TOL of the finest scale (never seen on a trained model), Newton polishing as in 2."""
+    There the others hardly pull, and a fixed-point step's rate is their responsibility: two steps
+    from the mean, and where the second still moved more than NEWTON_TOL of the finest scale, Newton
+    polishing as in 2. Modes closer than merge_tol of the finest scale are one, as in 3."""
     w = weights.astype(np.float64)
     mix = MixtureSearch.of(weights, means, scales, _unit(scales, searched))
-    row, k = np.nonzero((w >= min_mass) & (w > 0.0))
+    row, k = np.nonzero(alone & (w > 0.0))  # by row
     start = mix.fixed_point(mix.means[row, k], row)
     x = mix.fixed_point(start, row)
     slow = np.flatnonzero(_max_last(np.abs(x - start) / mix.unit[row]) > NEWTON_TOL)
@@ -194,7 +202,13 @@ def _apart(
     log_p = mix.log_p(x, row)
     if slow.size:
         x[slow], log_p[slow], peak[slow], _ = mix.polish(x[slow], row[slow])
-    return _pack(len(w), x, log_p, w[row, k], row, peak, max_modes)
+    parent = np.arange(len(row))
+    i, j = pairs_within_rows(row)
+    same = _max_last(np.abs(x[i] - x[j]) / mix.unit[row[i]]) < merge_tol if len(i) else np.zeros(0, dtype=bool)
+    np.minimum.at(parent, j[same], i[same])
+    parent = roots(parent)
+    mass = np.bincount(parent, weights=w[row, k], minlength=len(row))
+    return _pack(len(w), x, log_p, mass, row, peak & (parent == np.arange(len(row))), max_modes, min_mass)
 
 
 def _scatter(batch: int, dim: int, found: list[tuple[NDArray[np.intp], Modes]]) -> Modes:
@@ -218,14 +232,14 @@ def _search(
     means: FloatArray,
     scales: FloatArray,
     searched: NDArray[np.bool_],
-    lonely: NDArray[np.bool_],
+    alone: NDArray[np.bool_],
     max_modes: int,
     max_iter: int,
     merge_tol: float,
     min_mass: float,
 ) -> Modes:
-    """The whole search (1.-5.) on rows; `searched` and `lonely` (B, K): which components are searched,
-    which are isolated."""
+    """The whole search (1.-5.) on rows; `searched` and `alone` (B, K): which components are searched,
+    which dominate their neighbourhood (mdn_core.dominance)."""
     dim = means.shape[2]
     w = weights.astype(np.float64)
     mix = MixtureSearch.of(weights, means, scales, _unit(scales, searched))
@@ -238,13 +252,12 @@ def _search(
 
     # 2. Probes along the widest PROBE_AXES axes of each component (mean +- PROBE scales): they find
     # modes whose basin holds no mean, and tell which components lie inside one basin.
-    # A component ISOLATION scales (its own plus the other's) from every other one, in some
-    # dimension, lies in one basin and hides no other mode: it is not probed.
+    # A dominant component lies in one basin and hides no other mode: it is not probed.
     sigma = scales.astype(np.float64)
     spread = sigma[mb, mk]  # (C, D)
     # Nor is one lighter than min_mass: its whole weight, wherever it goes, is below what counts.
-    lonely = lonely[mb, mk] | (w[mb, mk] < min_mass)
-    probed = np.flatnonzero(~lonely)
+    unprobed = alone[mb, mk] | (w[mb, mk] < min_mass)
+    probed = np.flatnonzero(~unprobed)
     count = min(dim, PROBE_AXES)
     widest = np.argsort(spread[probed], axis=1)[:, -count:]  # (P, count)
     offsets = np.zeros((len(probed), 2 * count, dim))
@@ -344,9 +357,10 @@ def _extend(
     reach = np.max(np.abs(np.where(searched[:, :, None], mix.means, 0.0)), axis=(1, 2))[:, None] + mix.unit
     tol = np.maximum(DRAW_TOL * mix.unit, 1e-6 * reach)[rows].astype(np.float32)
     single = mix.single()
+    # (the capture radii capped where float32 still holds their squares)
     ends, caught = single.climb(
         points.astype(np.float32), rows, tol, min(max_iter, MAX_DRAW_STEPS),
-        (table, known_x.astype(np.float32), np.minimum(radius, 1e30).astype(np.float32)),
+        (table, known_x.astype(np.float32), np.minimum(radius, 1e18).astype(np.float32)),
     )  # fmt: skip
     free = caught < 0
     modes = np.flatnonzero(known.is_mode)

@@ -172,13 +172,3 @@ def roots(parent: NDArray[np.intp]) -> NDArray[np.intp]:
     for _ in range(max(1, int(np.ceil(np.log2(max(len(parent), 2)))) + 1)):
         parent = parent[parent]
     return parent
-
-
-def isolated(means: FloatArray, sigma: FloatArray, searched: NDArray[np.bool_], isolation: float) -> NDArray[np.bool_]:
-    """(B, K): components separated from every other searched one of their row by more than `isolation`
-    times the sum of their scales, in at least one dimension."""
-    gap = np.abs(means[:, :, None, :] - means[:, None, :, :]) / (sigma[:, :, None, :] + sigma[:, None, :, :])
-    apart = np.max(gap, axis=-1) > isolation  # (B, K, K)
-    apart |= ~searched[:, None, :] | np.eye(means.shape[1], dtype=bool)[None]
-    out: NDArray[np.bool_] = np.all(apart, axis=-1)
-    return out
