@@ -1,5 +1,5 @@
 """Basin probabilities, for mdn_core.modes: the fixed quasi-random points that split a component
-between basins, and exact basin masses in one dimension."""
+between basins, where a component's probes start, and exact basin masses in one dimension."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from mdn_core.climb import MixtureSearch
 FloatArray = NDArray[np.floating]
 
 CUT_TOL = 1e-10  # the minimum between two modes is bisected to this fraction of the finest scale
+PROBE = 2.0  # probes sit this many scales from a component's mean along each axis
+PROBE_AXES = 2  # ... along this many of its widest axes (all of them in one dimension)
+PLANE_PROBES = 8  # in two dimensions, quasi-random draws of the component instead
 
 
 @functools.lru_cache(maxsize=32)
@@ -38,6 +41,22 @@ def basin_points(count: int, dim: int) -> NDArray[np.float64]:
     points: NDArray[np.float64] = np.vectorize(_normal_quantile, otypes=[np.float64])(uniform)
     points.setflags(write=False)
     return points
+
+
+def probe_offsets(spread: FloatArray) -> FloatArray:
+    """Where the probes of components of scales `spread` (P, D) start, from their means (P, Q, D)."""
+    count, dim = len(spread), spread.shape[1]
+    if dim == 2:
+        out: FloatArray = spread[:, None, :] * basin_points(PLANE_PROBES, 2)[None]
+        return out
+    axes = min(dim, PROBE_AXES)
+    widest = np.argsort(spread, axis=1)[:, -axes:]  # (P, axes)
+    offsets = np.zeros((count, 2 * axes, dim))
+    index = np.arange(count)[:, None]
+    reach = PROBE * np.take_along_axis(spread, widest, axis=1)
+    offsets[index, np.arange(axes)[None, :], widest] = reach
+    offsets[index, axes + np.arange(axes)[None, :], widest] = -reach
+    return offsets
 
 
 def _normal_quantile(u: float) -> float:
