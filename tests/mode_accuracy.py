@@ -23,7 +23,7 @@ DRAWS = 3000
 GRID_STEP = 2e-2
 
 
-def _mixtures(seed: int, flat: bool) -> list:
+def _mixtures(seed: int, flat: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     out = random_mixtures(rng, 40, 2, 6, (0.15, 1.5), 2.0)
     tops = flat_topped(rng, 10, 2)
