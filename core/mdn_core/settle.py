@@ -92,9 +92,9 @@ def settle(
     rank[order] = np.arange(len(order))
     of_end = rank[of_end]
     parent = np.arange(len(c_x))
-    i, j = pairs_within_rows(c_row)
-    ok = c_peak[i] & c_peak[j]
-    i, j = i[ok], j[ok]
+    pair_i, pair_j = pairs_within_rows(c_row)  # every two candidates of a row
+    ok = c_peak[pair_i] & c_peak[pair_j]
+    i, j = pair_i[ok], pair_j[ok]
     gap = _max_last(np.abs(c_x[i] - c_x[j]) / mix.unit[c_row[i]]) if len(i) else np.zeros(0)
     same = gap < merge_tol
     check = (gap < DIP_RANGE) & ~same
@@ -108,9 +108,8 @@ def settle(
         owner[lost] = _nearest_mode(ends[lost], row[lost], c_x, c_row, is_mode, mix.unit)
     # Capture radius: CAPTURE of the peak's narrowest width, and under half the way to another mode.
     radius = CAPTURE / np.sqrt(np.maximum(c_curv, np.finfo(np.float64).tiny))
-    i, j = pairs_within_rows(c_row)
-    both = is_mode[i] & is_mode[j]
-    i, j = i[both], j[both]
+    both = is_mode[pair_i] & is_mode[pair_j]
+    i, j = pair_i[both], pair_j[both]
     apart = 0.45 * np.sqrt(_sum_last((c_x[i] - c_x[j]) ** 2)) if len(i) else np.zeros(0)
     np.minimum.at(radius, i, apart)
     np.minimum.at(radius, j, apart)
