@@ -199,6 +199,44 @@ def test_a_mode_whose_basin_holds_no_component_mean_is_found():
     np.testing.assert_allclose(found.mass[0, order], share, atol=2e-3)
 
 
+def _ascent_shares(w: np.ndarray, m: np.ndarray, s: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """The share of 3,000 draws of the mixture whose continuous gradient ascent ends at each of `modes`
+    (binomial error about 0.009)."""
+    rng = np.random.default_rng(0)
+    k = rng.choice(len(w), 3000, p=w)
+    ends = _ascend(w, m, s, m[k] + s[k] * rng.standard_normal((3000, m.shape[1])), 2e-2)
+    gap = np.max(np.abs(ends[:, None] - modes[None]), axis=-1)
+    assert np.all(gap.min(axis=1) < 0.02)  # every ascent ends at one of them
+    return np.bincount(np.argmin(gap, axis=1), minlength=len(modes)) / len(ends)
+
+
+def test_a_mode_where_a_long_tail_crosses_a_narrow_band_is_found():
+    # Two components: one long in y and narrow in x, one long in x and narrow in y. Where the first's
+    # tail crosses the second's band there is a third peak (9% of the probability), which climbs from
+    # the means and from probes on the components' axes stepped over, and long steps of the draws
+    # that split the second component jumped over (3.4%).
+    w = np.array([0.7258, 0.2742])
+    m = np.array([[-0.2624, 1.6898], [-1.2498, -1.4068]])
+    s = np.array([[0.1543, 1.0672], [1.4613, 0.2586]])
+    found = mixture_modes(w[None], m[None], s[None], min_mass=0.0)
+    ours = found.modes[0, : found.num_modes[0]]
+    assert len(grid_basins(w, m, s, 1e-2)[0]) == 3 and len(ours) == 3
+    np.testing.assert_allclose(found.mass[0, :3], _ascent_shares(w, m, s, ours), atol=0.03)
+
+
+def test_a_basin_boundary_across_a_component_splits_its_weight():
+    # The boundary between the two modes crosses the heavy component diagonally: 18% of it climbs to
+    # the other mode, which probes on its axes do not see (they gave it all to its own mode: 0.79
+    # against 0.66).
+    w = np.array([0.6591, 0.1977, 0.1432])
+    m = np.array([[-1.4147, 0.7937], [-0.8321, 1.4846], [-0.8985, 0.2472]])
+    s = np.array([[0.3765, 0.6152], [0.2359, 0.2272], [0.8374, 0.8478]])
+    found = mixture_modes(w[None], m[None], s[None], min_mass=0.0)
+    ours = found.modes[0, : found.num_modes[0]]
+    assert len(ours) == 2
+    np.testing.assert_allclose(found.mass[0, :2], _ascent_shares(w, m, s, ours), atol=0.04)
+
+
 def test_min_mass_applies_to_the_basin_not_the_component_weight():
     # A light narrow component on the flank of a broad one: its weight is under min_mass, but the
     # basin of its peak holds more than min_mass, so the mode stays.

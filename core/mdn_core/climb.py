@@ -63,11 +63,12 @@ class MixtureSearch:
         tol: FloatArray,
         max_iter: int,
         known: tuple[NDArray[np.intp], FloatArray, FloatArray] | None = None,
+        cap: float = CAP,
     ) -> tuple[FloatArray, NDArray[np.intp]]:
         """Fixed-point steps from points x (N, D) of rows `row` until a step is below tol (N, D).
 
         A fixed-point step raises p but may leap across a valley into another mode's basin. So a
-        step is at most CAP local scales long (1 / sqrt of the responsibility-weighted precision),
+        step is at most `cap` (CAP unless given) local scales long (1 / sqrt of the responsibility-weighted precision),
         and a step after which the density falls along its own direction (the climb passed a
         crest) is halved, back towards where it came from: each start stays in the basin it began
         in, and its end point says which basin that is. With `known` = (table (B, W) of mode
@@ -95,7 +96,7 @@ class MixtureSearch:
                     r = np.exp(log_r - log_r.max(axis=0))  # unnormalised: the ratios cancel it
                     rp = np.einsum("kn,kdn->dn", r, pb)
                     ahead = np.einsum("kn,kdn->dn", r, wb) / rp - xa  # the fixed-point step, along D grad log p
-                    reach = CAP / np.sqrt(rp / r.sum(axis=0))
+                    reach = cap / np.sqrt(rp / r.sum(axis=0))
                     with np.errstate(over="ignore", divide="ignore"):  # a zero step: no shortening needed
                         ahead *= np.minimum(1.0, (reach / np.abs(ahead)).min(axis=0))
                     passed = (rp * ahead * sa).sum(axis=0) < 0.0  # the density now falls along the last step
