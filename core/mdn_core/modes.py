@@ -45,10 +45,11 @@ How `mixture_modes` works, per row:
    peak of 9% given 3.4%). The error comes from straddling
    components, from components whose probes missed a sliver beyond them, and from the climb's
    preconditioned direction, which is not quite the density's gradient. Measured on random 2-D
-   mixtures (tests/test_modes.py's generator, K up to 6): against grid-integrated basins, seven
-   sets of 50 (seeds 2-8), 95th percentile 0.016-0.042 and worst 0.034-0.12; against 3,000
+   mixtures (tests/test_modes.py's generator, K up to 6; python -m tests.mode_accuracy): against
+   grid-integrated basins, seven sets of 50 (seeds 2-8), 95th percentile 0.013-0.031 and worst
+   0.031-0.096; against 3,000
    draws per mixture each followed by continuous gradient ascent (120 mixtures, seeds 2-4; that
-   reference's own noise about 0.01), 95th percentile 0.034 and worst 0.051, where the grid
+   reference's own noise about 0.01), 95th percentile 0.029 and worst 0.043, where the grid
    itself is off by up to 0.04 (its steepest ascent takes one of eight directions).
    min_mass applies to this probability; the masses returned sum to at most 1.
 
