@@ -157,8 +157,9 @@ def test_at_four_times_capacity_goodput_holds_and_admitted_latency_stays_bounded
     unloaded p99 plus the queue-time budget (--max-queue-seconds, 1 s).
 
     The machine is shared: another process taking the CPU during the 3 s of overload (measured
-    against a capacity taken before it) can sink one measurement, so capacity and overload are
-    measured again once when the first pair misses; the better pair must meet both bounds."""
+    against a capacity taken before it), or during the capacity's own measurement (then the
+    "overload" is none, and nothing is refused), can sink one measurement, so capacity and
+    overload are measured again once when the first pair misses; the second must then hold."""
     proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]))
     try:
         common = ("--batch", "4096", "--warmup", "0.5", "--timeout", "5")
@@ -172,13 +173,15 @@ def test_at_four_times_capacity_goodput_holds_and_admitted_latency_stays_bounded
             rate = 4 * capacity["rows_per_second"] / 4096  # answered requests per second, refusals not counted
             overload = loadtest(proc.target, tmp_path, *common, "--rate", f"{rate:.1f}", "--duration", "3")
             codes = overload["codes"]
-            assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
             goodput = overload["rows_per_second"] / capacity["rows_per_second"]
             answered_p99 = overload["answered_latency_ms"]["p99"]
             reports.append((goodput, answered_p99, bound, rate / 4, capacity["codes"], codes))
-            if goodput >= 0.8 and answered_p99 <= bound:
+            # (a capacity measured low, while something else held the CPU, makes an "overload" that
+            # is none: nothing is refused; that pair is measured again too)
+            if set(codes) == {"OK", "RESOURCE_EXHAUSTED"} and goodput >= 0.8 and answered_p99 <= bound:
                 break
         goodput, answered_p99, *_ = reports[-1]
+        assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, reports
         assert goodput >= 0.8, reports
         assert answered_p99 <= bound, reports
         refused = scrape(proc.metrics_port)[
