@@ -69,7 +69,7 @@ from mdn_core.chunks import spans, stack_padded
 from mdn_core.climb import CAP, NEWTON_TOL, MixtureSearch
 from mdn_core.dominance import TAIL, dominant
 from mdn_core.mixture import _max_last
-from mdn_core.settle import Settled, combine, pairs_within_rows, roots, settle
+from mdn_core.settle import Settled, combine, merged, pairs_within_rows, settle
 
 FloatArray = NDArray[np.floating]
 
@@ -209,11 +209,9 @@ def _dominated(
     log_p = mix.log_p(x, row)
     if slow.size:
         x[slow], log_p[slow], peak[slow], _ = mix.polish(x[slow], row[slow])
-    parent = np.arange(len(row))
     i, j = pairs_within_rows(row)
     same = _max_last(np.abs(x[i] - x[j]) / mix.unit[row[i]]) < merge_tol if len(i) else np.zeros(0, dtype=bool)
-    np.minimum.at(parent, j[same], i[same])
-    parent = roots(parent)
+    parent = merged(len(row), i[same], j[same])
     mass = np.bincount(parent, weights=w[row, k], minlength=len(row)).astype(np.float64)
     return _pack(len(w), x, log_p, mass, row, peak & (parent == np.arange(len(row))), max_modes, min_mass)
 

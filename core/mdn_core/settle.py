@@ -91,7 +91,6 @@ def settle(
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     of_end = rank[of_end]
-    parent = np.arange(len(c_x))
     pair_i, pair_j = pairs_within_rows(c_row)  # every two candidates of a row
     ok = c_peak[pair_i] & c_peak[pair_j]
     i, j = pair_i[ok], pair_j[ok]
@@ -99,8 +98,7 @@ def settle(
     same = gap < merge_tol
     check = (gap < DIP_RANGE) & ~same
     same[check] = mix.no_dip(c_x[i[check]], c_x[j[check]], c_row[i[check]], c_log_p[j[check]])
-    np.minimum.at(parent, j[same], i[same])  # j ranks after i: point it at the best i it merges with
-    parent = roots(parent)
+    parent = merged(len(c_x), i[same], j[same])
     is_mode = c_peak & (parent == np.arange(len(c_x)))
     owner = parent[of_end]
     lost = ~is_mode[owner]
@@ -166,8 +164,11 @@ def grid_groups(ends: FloatArray, row: NDArray[np.intp], cell: FloatArray) -> tu
     return group, order[new]
 
 
-def roots(parent: NDArray[np.intp]) -> NDArray[np.intp]:
-    """Follow parent pointers (each points at itself or at an earlier entry) to their roots."""
-    for _ in range(max(1, int(np.ceil(np.log2(max(len(parent), 2)))) + 1)):
+def merged(count: int, i: NDArray[np.intp], j: NDArray[np.intp]) -> NDArray[np.intp]:
+    """For `count` candidates and the pairs (i < j) that are one: each candidate's group, named by its
+    first member (each j points at the earliest i it merges with, then pointers are followed)."""
+    parent = np.arange(count)
+    np.minimum.at(parent, j, i)
+    for _ in range(max(1, int(np.ceil(np.log2(max(count, 2)))) + 1)):
         parent = parent[parent]
     return parent
