@@ -2,12 +2,15 @@
 
 The reference: the density on a fine grid, each grid point joined to its highest neighbour
 (steepest ascent), chains followed to the local maxima; a maximum's basin probability is the
-density summed over the points that end there.
+density summed over the points that end there. Its chains take one of a grid's directions, which
+moves a boundary and so a mass by up to about 0.09; where a test needs better, flow_basins follows
+the gradient flow itself from a fine quadrature of every component.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -88,8 +91,8 @@ def grid_basins(w: np.ndarray, m: np.ndarray, s: np.ndarray, step: float) -> tup
 
 
 def _ascend(w: np.ndarray, m: np.ndarray, s: np.ndarray, x: np.ndarray, step: float) -> np.ndarray:
-    """Where gradient ascent on log p from points x (N, D) ends: unit steps along the gradient, of a
-    length that grows while they climb and halves when they do not."""
+    """Where gradient ascent on log p from points x (N, D) ends: steps along the gradient of at most
+    `step` (so that the path stays near the flow's), halved where they do not climb."""
 
     def log_p_and_gradient(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = (x[:, None, :] - m[None]) / s[None]  # (N, K, D)
@@ -100,15 +103,43 @@ def _ascend(w: np.ndarray, m: np.ndarray, s: np.ndarray, x: np.ndarray, step: fl
         return np.log(total[:, 0]) + top[:, 0], np.sum((r / total)[:, :, None] * (-z / s[None]), axis=1)
 
     x, h = x.astype(np.float64).copy(), np.full(len(x), step)
+    log_p, grad = log_p_and_gradient(x)
+    active = np.arange(len(x))
     for _ in range(20_000):
-        log_p, grad = log_p_and_gradient(x)
-        trial = x + h[:, None] * grad / np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-300)
-        up = log_p_and_gradient(trial)[0] > log_p
-        x[up] = trial[up]
-        h = np.where(up, 1.5 * h, 0.5 * h)
-        if np.all(h < 1e-9 * step):
+        trial = x[active] + h[active, None] * grad[active] / np.maximum(
+            np.linalg.norm(grad[active], axis=1, keepdims=True), 1e-300
+        )
+        trial_log_p, trial_grad = log_p_and_gradient(trial)
+        up = trial_log_p > log_p[active]
+        moved = active[up]
+        x[moved], log_p[moved], grad[moved] = trial[up], trial_log_p[up], trial_grad[up]
+        h[active] = np.where(up, np.minimum(1.5 * h[active], step), 0.5 * h[active])
+        active = active[h[active] >= 1e-9 * step]
+        if not active.size:
             break
     return x
+
+
+def flow_basins(w: np.ndarray, m: np.ndarray, s: np.ndarray, per_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(local maxima (M, D), their basin probabilities (M,)) by the gradient flow: each component
+    is cut into per_axis ** D cells of equal probability (a product of the normal's quantiles), and
+    from each cell's midpoint gradient ascent with steps of at most a quarter of the smallest scale
+    finds the maximum its weight goes to. Error: the quadrature's (about 1 / per_axis of a
+    component's weight at a boundary) and the steps'."""
+    dim = m.shape[1]
+    z1 = np.array([NormalDist().inv_cdf((i + 0.5) / per_axis) for i in range(per_axis)])
+    z = np.stack([g.ravel() for g in np.meshgrid(*([z1] * dim), indexing="ij")], -1)  # (P, D)
+    ends = _ascend(w, m, s, (m[:, None, :] + s[:, None, :] * z[None]).reshape(-1, dim), 0.25 * float(s.min()))
+    share = np.repeat(w / len(z), len(z))
+    peaks: list[np.ndarray] = []
+    label = np.empty(len(ends), dtype=np.intp)
+    for i, end in enumerate(ends):  # maxima are few: each end joins the first within 1e-3
+        gaps = [np.max(np.abs(end - p)) for p in peaks]
+        if not gaps or min(gaps) > 1e-3:
+            peaks.append(end)
+            gaps.append(0.0)
+        label[i] = int(np.argmin(gaps))
+    return np.array(peaks), np.bincount(label, weights=share, minlength=len(peaks))
 
 
 def compare(w: np.ndarray, m: np.ndarray, s: np.ndarray, step: float) -> tuple[int, int, list[float]]:
@@ -199,15 +230,17 @@ def test_a_mode_whose_basin_holds_no_component_mean_is_found():
     np.testing.assert_allclose(found.mass[0, order], share, atol=2e-3)
 
 
-def _ascent_shares(w: np.ndarray, m: np.ndarray, s: np.ndarray, modes: np.ndarray) -> np.ndarray:
-    """The share of 3,000 draws of the mixture whose continuous gradient ascent ends at each of `modes`
-    (binomial error about 0.009)."""
-    rng = np.random.default_rng(0)
-    k = rng.choice(len(w), 3000, p=w)
-    ends = _ascend(w, m, s, m[k] + s[k] * rng.standard_normal((3000, m.shape[1])), 2e-2)
-    gap = np.max(np.abs(ends[:, None] - modes[None]), axis=-1)
-    assert np.all(gap.min(axis=1) < 0.02)  # every ascent ends at one of them
-    return np.bincount(np.argmin(gap, axis=1), minlength=len(modes)) / len(ends)
+def _flow_error(w: np.ndarray, m: np.ndarray, s: np.ndarray) -> float:
+    """The largest |served mass - the flow's basin probability| over the maxima holding 0.1% or more;
+    inf if one of them is not served."""
+    found = mixture_modes(w[None], m[None], s[None], min_mass=0.0)
+    ours, mass = found.modes[0, : found.num_modes[0]], found.mass[0, : found.num_modes[0]]
+    peaks, share = flow_basins(w, m, s, 32)
+    worst = 0.0
+    for peak, p in zip(peaks[share >= 1e-3], share[share >= 1e-3], strict=True):
+        gap = np.max(np.abs(ours - peak), axis=-1)
+        worst = max(worst, abs(float(mass[np.argmin(gap)]) - p) if gap.min() < 0.02 else math.inf)
+    return worst
 
 
 def test_a_mode_where_a_long_tail_crosses_a_narrow_band_is_found():
@@ -218,10 +251,8 @@ def test_a_mode_where_a_long_tail_crosses_a_narrow_band_is_found():
     w = np.array([0.7258, 0.2742])
     m = np.array([[-0.2624, 1.6898], [-1.2498, -1.4068]])
     s = np.array([[0.1543, 1.0672], [1.4613, 0.2586]])
-    found = mixture_modes(w[None], m[None], s[None], min_mass=0.0)
-    ours = found.modes[0, : found.num_modes[0]]
-    assert len(grid_basins(w, m, s, 1e-2)[0]) == 3 and len(ours) == 3
-    np.testing.assert_allclose(found.mass[0, :3], _ascent_shares(w, m, s, ours), atol=0.03)
+    assert len(grid_basins(w, m, s, 1e-2)[0]) == 3
+    assert _flow_error(w, m, s) <= 0.01
 
 
 def test_a_basin_boundary_across_a_component_splits_its_weight():
@@ -231,10 +262,38 @@ def test_a_basin_boundary_across_a_component_splits_its_weight():
     w = np.array([0.6591, 0.1977, 0.1432])
     m = np.array([[-1.4147, 0.7937], [-0.8321, 1.4846], [-0.8985, 0.2472]])
     s = np.array([[0.3765, 0.6152], [0.2359, 0.2272], [0.8374, 0.8478]])
-    found = mixture_modes(w[None], m[None], s[None], min_mass=0.0)
-    ours = found.modes[0, : found.num_modes[0]]
-    assert len(ours) == 2
-    np.testing.assert_allclose(found.mass[0, :2], _ascent_shares(w, m, s, ours), atol=0.04)
+    assert _flow_error(w, m, s) <= 0.025
+
+
+def test_a_component_split_between_basins_is_split_as_the_gradient_flow_splits_it():
+    # The heaviest component, long in x, has no peak of its own: the flow takes 54% of it to the peak
+    # above and the rest to the one to its right. Straight fixed-point jumps, which settle both axes
+    # at once, gave the peak above 23% of it (0.31 against 0.42).
+    w = np.array([0.3604, 0.2145, 0.0004, 0.1119, 0.0848, 0.228])
+    m = np.array([[-1.7071, -0.9403], [1.2506, -0.1218], [-0.1874, 1.8742], [-0.7204, -1.8331],
+                  [-0.4312, -1.3865], [-1.6724, 0.2714]])  # fmt: skip
+    s = np.array([[1.3479, 0.5695], [0.6656, 0.316], [0.5587, 0.8479], [0.5826, 0.9525], [0.5328, 0.2367],
+                  [0.5739, 0.4645]])  # fmt: skip
+    assert _flow_error(w, m, s) <= 0.02
+
+
+@pytest.mark.parametrize(
+    ("w", "m", "s"),
+    [
+        # A broad component around a narrow peak 2.1 of its scales away: 6% of it lies in that
+        # peak's basin, and all eight of its probes missed it (the peak got 0.21 against 0.25).
+        ([0.0372, 0.7555, 0.2073], [[-1.5504, 0.4151], [-0.0832, 0.3787], [0.6371, -0.7734]],
+         [[1.3723, 0.4385], [0.6371, 0.6476], [0.2291, 0.173]]),
+        # Two broad components around a small peak (0.03 against 0.09).
+        ([0.0908, 0.4764, 0.0121, 0.0279, 0.3588, 0.0339],
+         [[1.2939, -1.35], [-0.967, 0.7114], [0.3865, -0.6751], [-0.5317, -0.5904], [1.128, -1.7253],
+          [-1.1684, 0.6659]],
+         [[0.2286, 0.5996], [0.3987, 0.9691], [0.9097, 0.2931], [0.2386, 0.1727], [0.4099, 0.4129],
+          [0.8093, 0.823]]),
+    ],
+)  # fmt: skip
+def test_a_sliver_of_a_broad_component_in_a_narrow_peaks_basin_counts(w, m, s):
+    assert _flow_error(np.array(w), np.array(m), np.array(s)) <= 0.02
 
 
 def test_min_mass_applies_to_the_basin_not_the_component_weight():

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mdn_core.climb import MixtureSearch
+from mdn_core.settle import Settled
 
 FloatArray = NDArray[np.floating]
 
@@ -17,6 +18,8 @@ CUT_TOL = 1e-10  # the minimum between two modes is bisected to this fraction of
 PROBE = 2.0  # probes sit this many scales from a component's mean along each axis
 PROBE_AXES = 2  # ... along this many of its widest axes (all of them in one dimension)
 PLANE_PROBES = 8  # in two dimensions, quasi-random draws of the component instead
+SLIVER = 2e-3  # a component that may hold this much of another mode's basin is split (see sliver_risk)
+SLIVER_MARGIN = 3.0  # ... by an estimate that takes this many times the basin's core volume
 
 
 @functools.lru_cache(maxsize=32)
@@ -69,6 +72,37 @@ def _normal_quantile(u: float) -> float:
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+def sliver_risk(
+    weights: FloatArray,
+    means: FloatArray,
+    spread: FloatArray,
+    owner: NDArray[np.intp],
+    others: NDArray[np.intp],
+    known: Settled,
+    held: FloatArray,
+) -> NDArray[np.bool_]:
+    """For components (C,) whose mean and probes all reached mode `owner`: whether they may hold
+    SLIVER of probability in the basin of another mode of their row all the same (a sliver of a
+    broad component around a narrow peak, which a few probes miss).
+
+    weights (C,), means and spread (C, D); others (C, W): the modes of each one's row (-1 padded),
+    as indices of `known`'s candidates; held: the weight whose means reached each candidate. The
+    estimate: the component's density at the mode, times the volume that the mode's weight would
+    fill at the mode's density, times SLIVER_MARGIN (the basin reaches beyond that core, and the
+    component's density rises towards its mean).
+    """
+    at = np.maximum(others, 0)
+    z = (known.x[at] - means[:, None, :]) / spread[:, None, :]  # (C, W, D)
+    dim = means.shape[1]
+    with np.errstate(divide="ignore"):
+        log_own = np.log(weights) - np.sum(np.log(spread), axis=1) - 0.5 * dim * math.log(2.0 * math.pi)
+    log_share = log_own[:, None] - 0.5 * np.sum(z * z, axis=-1) - known.log_p[at]
+    with np.errstate(over="ignore"):
+        share = SLIVER_MARGIN * np.exp(np.minimum(log_share, 50.0)) * held[at]
+    out: NDArray[np.bool_] = np.any((others >= 0) & (others != owner[:, None]) & (share > SLIVER), axis=1)
+    return out
 
 
 def normal_cdf(z: FloatArray) -> FloatArray:

@@ -14,6 +14,7 @@ from mdn_core.mixture import _LOG_2PI, _max_last, _sum_last
 FloatArray = NDArray[np.floating]
 
 CAP = 1.0  # a climbing step is at most this many local scales long
+FLOW_TIME = 0.5  # a flow step moves the slowest axis at most 1 - exp(-FLOW_TIME) of its way
 NEWTON_TOL = 1e-7  # polishing stops when a Newton step is below this fraction of the finest scale
 NEWTON_STEPS = 60
 DIP_POINTS = 7  # density checks on the segment between two nearby modes
@@ -64,6 +65,7 @@ class MixtureSearch:
         max_iter: int,
         known: tuple[NDArray[np.intp], FloatArray, FloatArray] | None = None,
         cap: float = CAP,
+        flow: bool = False,
     ) -> tuple[FloatArray, NDArray[np.intp]]:
         """Fixed-point steps from points x (N, D) of rows `row` until a step is below tol (N, D).
 
@@ -74,6 +76,12 @@ class MixtureSearch:
         in, and its end point says which basin that is. With `known` = (table (B, W) of mode
         indices per row, -1 padded; their points (M, D); their capture radii (M,)), a climb that
         comes within a known mode's radius stops there. Returns the end points and the capturing mode (or -1) of each.
+
+        A fixed-point step jumps straight to the top of a local quadratic model of log p (Hessian
+        -P per axis); where components are elongated that line bends away from the gradient flow's
+        path, whose basins these are. With `flow`, a step follows the model's own flow, x(t) = c +
+        (x - c) exp(-P t) (c its top), for a time that moves no axis past the cap nor the slowest
+        more than 1 - exp(-FLOW_TIME) of its way: still an ascent, in a few more steps.
         """
         ends = np.array(x.T, order="C")  # (D, N), as every array below: points last
         caught = np.full(len(x), -1, dtype=np.intp)
@@ -96,10 +104,17 @@ class MixtureSearch:
                     r = np.exp(log_r - log_r.max(axis=0))  # unnormalised: the ratios cancel it
                     rp = np.einsum("kn,kdn->dn", r, pb)
                     ahead = np.einsum("kn,kdn->dn", r, wb) / rp - xa  # the fixed-point step, along D grad log p
-                    reach = cap / np.sqrt(rp / r.sum(axis=0))
-                    with np.errstate(over="ignore", divide="ignore"):  # a zero step: no shortening needed
-                        ahead *= np.minimum(1.0, (reach / np.abs(ahead)).min(axis=0))
-                    passed = (rp * ahead * sa).sum(axis=0) < 0.0  # the density now falls along the last step
+                    uphill = rp * ahead  # along grad log p
+                    rate = rp / r.sum(axis=0)  # the model's curvature per axis
+                    reach = cap / np.sqrt(rate)
+                    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a zero step: no shortening
+                        if flow:  # the time at which the first axis has moved its reach, or FLOW_TIME's
+                            size = np.abs(ahead)
+                            t = np.where(size > reach, -np.log1p(-reach / size) / rate, np.inf).min(axis=0)
+                            ahead *= -np.expm1(-rate * np.minimum(t, FLOW_TIME / rate.min(axis=0)))
+                        else:
+                            ahead *= np.minimum(1.0, (reach / np.abs(ahead)).min(axis=0))
+                    passed = (uphill * sa).sum(axis=0) < 0.0  # the density now falls along the last step
                     sa = np.where(passed, 0.5 * sa, ahead)
                     xa = np.where(passed, xa - sa, xa + ahead)
                     steps += 1

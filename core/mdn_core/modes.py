@@ -35,23 +35,21 @@ How `mixture_modes` works, per row:
    The climb: fixed-point steps x <- sum_k r_k mu_k / s_k^2 / sum_k r_k / s_k^2 (each raises p),
    at most CAP local scales long and halved back when they pass a crest, so that a climb stays
    in the basin it started in.
-5. Mass, the probability of each mode's basin of attraction: in one dimension exactly (the
-   mixture's CDF between the density's minima on either side of the mode, to 1.5e-7). In more, a
-   component whose mean and probes all reach one mode gives that mode its whole weight; a
-   component that straddles a basin boundary is split by where STRADDLE_DRAWS (from three
-   dimensions on WIDE_STRADDLE_DRAWS) fixed quasi-random draws of it (mean + scale * z, the same z
-   for every row: the answer is deterministic) climb to; in two dimensions with steps of at most
-   DRAW_CAP local scales, since a longer one can leap over a narrow peak's basin (measured: a
-   peak of 9% given 3.4%). The error comes from straddling
-   components, from components whose probes missed a sliver beyond them, and from the climb's
-   preconditioned direction, which is not quite the density's gradient. Measured on random 2-D
-   mixtures (tests/test_modes.py's generator, K up to 6; python -m tests.mode_accuracy): against
-   grid-integrated basins, seven sets of 50 (seeds 2-8), 95th percentile 0.013-0.031 and worst
-   0.031-0.096; against 3,000
-   draws per mixture each followed by continuous gradient ascent (120 mixtures, seeds 2-4; that
-   reference's own noise about 0.01), 95th percentile 0.029 and worst 0.043, where the grid
-   itself is off by up to 0.04 (its steepest ascent takes one of eight directions).
-   min_mass applies to this probability; the masses returned sum to at most 1.
+5. Mass, the probability of each mode's basin of attraction (the gradient flow's): in one
+   dimension exactly (the mixture's CDF between the density's minima on either side of the mode,
+   to 1.5e-7). In more, a component whose mean and probes all reach one mode gives that mode its
+   whole weight, unless (in two dimensions) basins.sliver_risk finds that it may hold SLIVER of
+   another mode's basin all the same; the others, straddling a basin boundary, are split by where
+   STRADDLE_DRAWS (from three dimensions on WIDE_STRADDLE_DRAWS) fixed quasi-random draws of them
+   (mean + scale * z, the same z for every row: the answer is deterministic) climb to; in two
+   dimensions along the flow (climb's `flow`: straight jumps bend away from it where components
+   are elongated), with steps of at most DRAW_CAP local scales (longer ones leap over a narrow
+   peak's basin). On random 2-D mixtures (tests/test_modes.py's generator, K up to 6; python -m
+   tests.mode_accuracy --seeds 2 3 4 5 6 7 8 --flow), against the gradient flow from a fine
+   quadrature of every component: 95th percentile 0.0096-0.0156 per set of 50 (0.013 over 716
+   modes), worst 0.030, none missed (grid-integrated basins, whose own chains move a mass by up
+   to 0.09: 0.015-0.025 per set). min_mass applies to this probability; the masses returned sum
+   to at most 1.
 
 Every step is vectorised over rows, starts and components; loops run over iterations and chunks.
 """
@@ -64,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from mdn_core.basins import basin_points, interval_masses, probe_offsets
+from mdn_core.basins import basin_points, interval_masses, probe_offsets, sliver_risk
 from mdn_core.chunks import spans, stack_padded
 from mdn_core.climb import CAP, NEWTON_TOL, MixtureSearch
 from mdn_core.dominance import TAIL, dominant
@@ -77,7 +75,7 @@ DEFAULT_MIN_MASS = 1e-3
 STRADDLE_DRAWS = 64  # quasi-random draws of a component whose probes reach more than one mode
 WIDE_STRADDLE_DRAWS = 16  # ... from three output dimensions on, where each climb costs more
 FINDING_DRAWS = 16  # more starts per component in one dimension, where they are cheap
-DRAW_CAP = 0.25  # in two dimensions, the splitting draws' steps are at most this many local scales
+DRAW_CAP = 0.5  # in two dimensions, the splitting draws' steps are at most this many local scales
 MAX_DRAW_STEPS = 200  # climbing steps of a probe or draw at most
 CLIMB_TOL = 1e-4  # climbs from the means stop when a step is below this fraction of the finest scale
 DRAW_TOL = 1e-3  # ... and those of the draws, which only need to reach a candidate's cell
@@ -285,13 +283,21 @@ def _search(
         grouped = probe_owner.reshape(-1, per)
         inside = mean_owner >= 0
         inside[probed] &= np.all(grouped == mean_owner[probed, None], axis=1)
+        if dim == 2:  # nor if a sliver of it may lie in another mode's basin
+            reached = mean_owner >= 0
+            held = np.bincount(mean_owner[reached], weights=w[mb, mk][reached], minlength=len(second.x)).astype(float)
+            c = np.flatnonzero(inside & ~unprobed)
+            others = second.table()[0][row[c]]
+            inside[c] = ~sliver_risk(w[mb, mk][c], mix.means[mb, mk][c], spread[c], mean_owner[c], others, second, held)
         split = np.flatnonzero(~inside)
         n = STRADDLE_DRAWS if dim <= 2 else WIDE_STRADDLE_DRAWS
         z = basin_points(n, dim)
         draws = (mix.means[mb[split], mk[split]][:, None, :] + spread[split][:, None, :] * z).reshape(-1, dim)
         draw_rows = np.repeat(row[split], n)
         cap = DRAW_CAP if dim == 2 else CAP
-        final, draw_owner, moved_again = _extend(mix, second, draws, draw_rows, searched, max_iter, merge_tol, cap)
+        final, draw_owner, moved_again = _extend(
+            mix, second, draws, draw_rows, searched, max_iter, merge_tol, cap, flow=dim == 2
+        )
         mean_owner = _follow(moved_again, mean_owner)
         whole = np.flatnonzero(inside)
         owners = np.concatenate([mean_owner[whole], draw_owner])
@@ -348,6 +354,7 @@ def _extend(
     max_iter: int,
     merge_tol: float,
     cap: float = CAP,
+    flow: bool = False,
 ) -> tuple[Settled, NDArray[np.intp], NDArray[np.intp]]:
     """Climb more points; those that reach a known mode stop there, the others end at new candidates,
     settled together with the known modes. Returns the new settlement, the mode each point belongs to,
@@ -363,7 +370,7 @@ def _extend(
     # (the capture radii capped where float32 still holds their squares)
     ends, caught = single.climb(
         points.astype(np.float32), rows, tol, min(max_iter, MAX_DRAW_STEPS),
-        (table, known_x.astype(np.float32), np.minimum(radius, 1e18).astype(np.float32)), cap,
+        (table, known_x.astype(np.float32), np.minimum(radius, 1e18).astype(np.float32)), cap, flow,
     )  # fmt: skip
     free = caught < 0
     modes = np.flatnonzero(known.is_mode)
