@@ -75,7 +75,7 @@ def _normal_quantile(u: float) -> float:
 
 
 def sliver_risk(
-    weights: FloatArray,
+    log_norm: FloatArray,
     means: FloatArray,
     spread: FloatArray,
     owner: NDArray[np.intp],
@@ -87,18 +87,16 @@ def sliver_risk(
     SLIVER of probability in the basin of another mode of their row all the same (a sliver of a
     broad component around a narrow peak, which a few probes miss).
 
-    weights (C,), means and spread (C, D); others (C, W): the modes of each one's row (-1 padded),
-    as indices of `known`'s candidates; held: the weight whose means reached each candidate. The
-    estimate: the component's density at the mode, times the volume that the mode's weight would
-    fill at the mode's density, times SLIVER_MARGIN (the basin reaches beyond that core, and the
-    component's density rises towards its mean).
+    log_norm (C,): log weight + log of the normal's constant (as MixtureSearch holds it); means and
+    spread (C, D); others (C, W): the modes of each one's row (-1 padded), as indices of `known`'s
+    candidates; held: the weight whose means reached each candidate. The estimate: the component's
+    density at the mode, times the volume that the mode's weight would fill at the mode's density,
+    times SLIVER_MARGIN (the basin reaches beyond that core, and the component's density rises
+    towards its mean).
     """
     at = np.maximum(others, 0)
     z = (known.x[at] - means[:, None, :]) / spread[:, None, :]  # (C, W, D)
-    dim = means.shape[1]
-    with np.errstate(divide="ignore"):
-        log_own = np.log(weights) - np.sum(np.log(spread), axis=1) - 0.5 * dim * math.log(2.0 * math.pi)
-    log_share = log_own[:, None] - 0.5 * np.sum(z * z, axis=-1) - known.log_p[at]
+    log_share = log_norm[:, None] - 0.5 * np.sum(z * z, axis=-1) - known.log_p[at]
     with np.errstate(over="ignore"):
         share = SLIVER_MARGIN * np.exp(np.minimum(log_share, 50.0)) * held[at]
     out: NDArray[np.bool_] = np.any((others >= 0) & (others != owner[:, None]) & (share > SLIVER), axis=1)

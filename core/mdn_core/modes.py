@@ -281,14 +281,15 @@ def _search(
         mass = interval_masses(mix, w, scales, final.x[:, 0], final.row, final.is_mode)
     else:
         grouped = probe_owner.reshape(-1, per)
-        inside = mean_owner >= 0
+        reached = mean_owner >= 0
+        inside = reached.copy()
         inside[probed] &= np.all(grouped == mean_owner[probed, None], axis=1)
         if dim == 2:  # nor if a sliver of it may lie in another mode's basin
-            reached = mean_owner >= 0
             held = np.bincount(mean_owner[reached], weights=w[mb, mk][reached], minlength=len(second.x)).astype(float)
             c = np.flatnonzero(inside & ~unprobed)
             others = second.table()[0][row[c]]
-            inside[c] = ~sliver_risk(w[mb, mk][c], mix.means[mb, mk][c], spread[c], mean_owner[c], others, second, held)
+            log_norm = mix.log_norm[mb[c], mk[c]]
+            inside[c] = ~sliver_risk(log_norm, mix.means[mb[c], mk[c]], spread[c], mean_owner[c], others, second, held)
         split = np.flatnonzero(~inside)
         n = STRADDLE_DRAWS if dim <= 2 else WIDE_STRADDLE_DRAWS
         z = basin_points(n, dim)
