@@ -7,15 +7,18 @@ import time
 from typing import Any
 
 import numpy as np
-from mdn_core.chain import SerialChain, pose_targets, target_features
+from mdn_core.chain import TWO_PI, SerialChain, pose_targets, target_features
 from mdn_core.ik import (
     DEFAULT_ORIENTATION_TOLERANCE,
     DEFAULT_TOLERANCE,
     default_draws,
+    goal_of,
     joint_distance,
     solve,
+    task_errors,
 )
 from mdn_core.modes import Modes, mixture_modes
+from mdn_core.refine import refine
 from mdn_core.solutions import Solutions
 from numpy.typing import NDArray
 
@@ -77,13 +80,16 @@ def robot_ik_metrics(predict: Predictor, test: Dataset) -> dict[str, Any]:
     for batch in (1, 256):
         metrics[f"solutions_per_second_batch_{batch}"] = _speed(predict, chain, targets[:batch])
     if chain.num_joints == 6 and chain.target == "pose":  # finitely many solutions per pose: are they all found?
-        metrics["finds_every_restart_solution"] = _coverage(chain, targets[:COVERAGE_POSES], served)
+        metrics.update(_coverage(chain, targets[:COVERAGE_POSES], served))
     return metrics
 
 
 COVERAGE_POSES = 200
 RESTARTS = 300
 SAME_SOLUTION_RADIANS = 1e-2
+PATH_STEP = 5e-3  # radians between the configurations checked on the way from one solution to another
+MAX_PATH_POINTS = 512
+PATH_CANDIDATES = 3  # served solutions (the nearest) a restart's solution may be joined to
 
 
 def random_restarts(chain: SerialChain, targets: NDArray[np.float64], count: int, seed: int) -> Solutions:
@@ -96,23 +102,67 @@ def random_restarts(chain: SerialChain, targets: NDArray[np.float64], count: int
     return solve(chain, targets, mass, uniform, np.ones_like(uniform), modes=seeds, num_samples=0)
 
 
-def _coverage(chain: SerialChain, targets: NDArray[np.float64], served: Solutions) -> float:
-    """The fraction of poses for which every distinct solution that RESTARTS uniform random seeds find
-    (modulo 2 pi on periodic joints) is among the served request's solutions."""
+def one_solution(
+    chain: SerialChain, targets: NDArray[np.float64], a: NDArray[np.float64], b: NDArray[np.float64]
+) -> NDArray[np.bool_]:
+    """Whether configurations a and b (P, J), both meeting the default tolerances for targets (P, width),
+    are one solution: joined by configurations that all meet them too.
+
+    Near a singularity the tolerances admit a thin, long set of configurations around the exact
+    solution (at a UR5's wrist singularity, tenths of a radian along the direction the arm cannot
+    feel), and random restarts stop at points of it a few hundredths of a radian apart. The path
+    checked: the straight one from a to b (the turn of each periodic joint nearest a), every
+    PATH_STEP at most, each point refined onto the target by the served refinement (damped least
+    squares moves it the shortest way). One solution when every refined point meets the tolerances
+    and no two neighbours are more than SAME_SOLUTION_RADIANS apart; between two distinct solutions
+    the refined points jump from one to the other.
+    """
+    tol, rot_tol = DEFAULT_TOLERANCE[chain.target], DEFAULT_ORIENTATION_TOLERANCE
+    step = b - a
+    step = np.where(chain.periodic, (step + np.pi) % TWO_PI - np.pi, step)
+    count = int(min(MAX_PATH_POINTS, np.ceil(np.abs(step).max(initial=0.0) / PATH_STEP))) + 1
+    t = np.linspace(0.0, 1.0, count)
+    path = a[:, None, :] + t[None, :, None] * step[:, None, :]
+    onto, _ = refine(chain, targets, path, tol, rot_tol)
+    _, pos, rot = task_errors(chain, goal_of(chain, targets)[:, None], chain.forward(onto))
+    meets = np.all((pos <= tol) & ((rot <= rot_tol) | np.isnan(rot)), axis=1)
+    jump = joint_distance(chain, onto[:, 1:], onto[:, :-1]).max(axis=(1, 2), initial=0.0)
+    out: NDArray[np.bool_] = meets & (jump <= SAME_SOLUTION_RADIANS)
+    return out
+
+
+def _coverage(chain: SerialChain, targets: NDArray[np.float64], served: Solutions) -> dict[str, float]:
+    """For how many poses every distinct solution that RESTARTS uniform random seeds find (modulo 2 pi
+    on periodic joints) is among the served request's solutions:
+
+    - finds_every_restart_solution: a restart's solution is found when a served one lies within
+      SAME_SOLUTION_RADIANS in every joint, or is one solution with it (one_solution, tried with
+      the PATH_CANDIDATES nearest);
+    - finds_every_restart_point: within SAME_SOLUTION_RADIANS only, so that the restarts' points of
+      one near-singular solution count as several.
+    """
     found = random_restarts(chain, targets, RESTARTS, RANDOM_SEED + 1)
-    covered = []
+    points, solutions = [], []
     for b in range(len(targets)):
         theirs = found.solutions[b, : found.num_solutions[b]].astype(np.float64)
         ours = served.solutions[b, : served.num_solutions[b]].astype(np.float64)
-        if not len(theirs):
-            covered.append(True)
-            continue
-        if not len(ours):
-            covered.append(False)
+        if not len(theirs) or not len(ours):
+            points.append(not len(theirs))
+            solutions.append(not len(theirs))
             continue
         gap = joint_distance(chain, theirs[:, None, :], ours[None, :, :]).max(axis=-1)  # (theirs, ours)
-        covered.append(bool(np.all(gap.min(axis=1) <= SAME_SOLUTION_RADIANS)))
-    return float(np.mean(covered))
+        missed = np.flatnonzero(gap.min(axis=1) > SAME_SOLUTION_RADIANS)
+        points.append(not missed.size)
+        if not missed.size:
+            solutions.append(True)
+            continue
+        nearest = np.argsort(gap[missed], axis=1)[:, :PATH_CANDIDATES]  # (missed, candidates)
+        pairs = (np.repeat(missed, nearest.shape[1]), nearest.reshape(-1))
+        joined = one_solution(chain, np.repeat(targets[b : b + 1], len(pairs[0]), axis=0),
+                              theirs[pairs[0]], ours[pairs[1]]).reshape(nearest.shape)  # fmt: skip
+        solutions.append(bool(np.all(joined.any(axis=1))))
+    return {"finds_every_restart_solution": float(np.mean(solutions)),
+            "finds_every_restart_point": float(np.mean(points))}  # fmt: skip
 
 
 def _speed(predict: Predictor, chain: SerialChain, targets: NDArray[np.float64], repeats: int = 3) -> float:
