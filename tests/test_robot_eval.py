@@ -56,7 +56,8 @@ def test_coverage_counts_a_missing_branch_but_not_a_second_point_of_one_solution
     restarts = found.solutions.copy()
     restarts[1, :2], restarts[1, 2:] = np.stack([near, second]), np.nan
     counts = np.array([found.num_solutions[0], 2], dtype=np.int32)
-    monkeypatch.setattr(robot_eval, "random_restarts", lambda *_: dataclasses.replace(found, solutions=restarts, num_solutions=counts))
+    restarted = dataclasses.replace(found, solutions=restarts, num_solutions=counts)
+    monkeypatch.setattr(robot_eval, "random_restarts", lambda *_: restarted)
 
     def served(drop_first_branch: bool) -> object:
         sol = restarts.copy()
@@ -70,7 +71,6 @@ def test_coverage_counts_a_missing_branch_but_not_a_second_point_of_one_solution
     assert whole == {"finds_every_restart_solution": 1.0, "finds_every_restart_point": 0.5}
     missing = robot_eval._coverage(UR5, targets, served(True))
     assert missing == {"finds_every_restart_solution": 0.5, "finds_every_restart_point": 0.0}
-
 
 
 def test_solutions_are_distinct_when_the_path_between_them_jumps_though_every_point_meets_the_target():
