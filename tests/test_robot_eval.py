@@ -8,6 +8,7 @@ import numpy as np
 from mdn_core.chain import pose_targets
 from mdn_core.ik import goal_of, joint_distance, task_errors
 from mdn_core.refine import refine
+from mdn_core.solutions import Solutions
 from mdn_train import robot_eval
 from mdn_train.robot_eval import SAME_SOLUTION_RADIANS, one_solution, random_restarts
 from mdn_train.urdf import ROBOTS, load_chain, robot_urdf
@@ -17,7 +18,8 @@ UR5 = load_chain(robot_urdf("ur5"), *ROBOTS["ur5"][1:])
 
 def _refined(target: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     out, _ = refine(UR5, target, seeds[None], 1e-5, 1e-4, iterations=200)
-    return out[0]
+    first: np.ndarray = out[0]
+    return first
 
 
 def test_points_of_one_near_singular_solution_are_one_solution():
@@ -59,7 +61,7 @@ def test_coverage_counts_a_missing_branch_but_not_a_second_point_of_one_solution
     restarted = dataclasses.replace(found, solutions=restarts, num_solutions=counts)
     monkeypatch.setattr(robot_eval, "random_restarts", lambda *_: restarted)
 
-    def served(drop_first_branch: bool) -> object:
+    def served(drop_first_branch: bool) -> Solutions:
         sol = restarts.copy()
         sol[1, 1] = np.nan  # the served answer has one point of the near-singular solution
         n = counts - np.array([int(drop_first_branch), 1])
