@@ -173,7 +173,8 @@ def default_config(dataset: str) -> RunConfig:
         # (the UR5) has up to 8 isolated solutions per pose, some lightly weighted: with 16
         # components and 30 epochs the default request found every solution that 300 random
         # restarts find for 89% of poses; with 32 components and 60 epochs (NLL -4.5 against -0.9),
-        # 95.5% with 32 draws and 99.5% with 64 (200 poses). The redundant Panda gains less there
+        # 95.5% with 32 draws and 99.5% with 64 on one set of 200 poses, 98.5% with 64 and 99.1% with
+        # 96 (the default now) over five sets (README: Every UR5 solution). The redundant Panda gains less there
         # (99.8% against 100% success) and its mode search and seeds cost more per solution.
         isolated = dataset == "ur5"
         return RunConfig(
