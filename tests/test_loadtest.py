@@ -174,3 +174,18 @@ def test_bench_smoke_writes_its_report(trained, tmp_path):
     assert report["rss_mb_after_start"] > 10 and report["start_to_serving_seconds"] > 0
     assert "| target | value | bound | met |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "latency_vs_throughput.png").stat().st_size > 5000
+
+
+def test_the_bench_ik_rate_of_one_client_is_one_batch_per_mean_latency():
+    """Four 0.45 s requests of 256 targets in a 2 s window: 569 targets per second, not the 512 that
+    counting them over the window gives; with a failed request, the answered rows over the window."""
+    from mdn_serve.tools.bench.ik import closed_loop_rate
+
+    def result(codes: dict[str, int], rows: int) -> loadtest.LoadResult:
+        latency = {"p50": 450.0, "p90": 450.0, "p99": 450.0, "max": 450.0, "mean": 450.0}
+        return loadtest.LoadResult(config={}, seconds=2.0, requests=4, rows=rows, requests_per_second=2.0,
+                                   rows_per_second=rows / 2.0, latency_ms=latency, answered_latency_ms=latency,
+                                   codes=codes)  # fmt: skip
+
+    assert closed_loop_rate(result({"OK": 4}, 1024), 256) == pytest.approx(256 / 0.45)
+    assert closed_loop_rate(result({"OK": 3, "DEADLINE_EXCEEDED": 1}, 768), 256) == 384.0

@@ -129,8 +129,8 @@ def render(report: dict[str, Any]) -> str:
     if report.get("ik_results"):
         lines += [
             "",
-            "Solve (inverse kinematics) on a robot arm, one client, against the same network and solve run "
-            "in-process on one thread:",
+            "Solve (inverse kinematics) on a robot arm, one client in a closed loop (its rate: one request per "
+            "mean latency), against the same network and solve run in-process on one thread:",
             "",
             "| model | targets per request | requests/s | solutions/s | p50 | served targets/s vs in-process |",
             "|---|---|---|---|---|---|",
