@@ -21,7 +21,7 @@ from mdn_core.chain import TWO_PI, SerialChain, task_of
 from mdn_core.chunks import spans
 from mdn_core.mixture import DrawStream
 from mdn_core.modes import Modes, mixture_modes
-from mdn_core.refine import refine
+from mdn_core.refine import meets_tolerances, refine
 from mdn_core.rotations import quaternion_matrix, rotation_log
 from mdn_core.solutions import Solutions, concatenate
 
@@ -97,6 +97,13 @@ def choose_turns(
     moved = np.where(~chain.unbounded & (moved < lim[:, 0]), moved + TWO_PI, moved)
     ok = chain.within_limits(moved)[..., None]
     out: NDArray[np.float64] = np.where(periodic & ok, moved, q)
+    return out
+
+
+def joint_difference(chain: SerialChain, a: FloatArray, b: FloatArray) -> NDArray[np.float64]:
+    """b - a per joint; for periodic joints, to the turn of b nearest a (in [-pi, pi))."""
+    d = np.asarray(b, dtype=np.float64) - a
+    out: NDArray[np.float64] = np.where(chain.periodic, (d + math.pi) % TWO_PI - math.pi, d)
     return out
 
 
@@ -192,7 +199,7 @@ def _solve(
     angles = angles.astype(np.float32).astype(np.float64)  # judged on exactly what is returned
     _, pos, rot = task_errors(chain, goal_of(chain, targets)[:, None], chain.forward(angles))
     inside = chain.within_limits(angles, slack=1e-6)
-    exact = (pos <= tol) & ((rot <= rot_tol) | np.isnan(rot))
+    exact = meets_tolerances(pos, rot, tol, rot_tol)
     # Refined solutions must be exact and allowed; raw modes are all returned, flagged.
     keep = valid & inside & exact if refine_solutions else valid.copy()
     rank = _ranking(chain, angles, score, pos, state)

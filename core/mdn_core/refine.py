@@ -22,6 +22,15 @@ STALL_WINDOW = 5  # steps between checks that a seed still makes progress
 STALL_RATIO = 0.3  # ... by cutting its squared error to under this fraction
 
 
+def meets_tolerances(
+    pos: NDArray[np.float64], rot: NDArray[np.float64], tolerance: float, orientation_tolerance: float
+) -> NDArray[np.bool_]:
+    """Where position errors are at most tolerance and orientation errors (NaN without a pose) at most
+    orientation_tolerance: what counts as a solution."""
+    out: NDArray[np.bool_] = (pos <= tolerance) & ((rot <= orientation_tolerance) | np.isnan(rot))
+    return out
+
+
 def clip_columns(chain: SerialChain, q: NDArray[np.float64]) -> NDArray[np.float64]:
     """Joint values (J, n) clipped into the limits (continuous joints aside)."""
     lim = chain.limits
@@ -85,13 +94,9 @@ def refine(
         e, pos, rot = goal.errors(at, walk.position, walk.rotation)
         return e * weight, pos, rot, walk.jacobian[:rows] * weight[:, :, None]
 
-    def within(pos: NDArray[np.float64], rot: NDArray[np.float64]) -> NDArray[np.bool_]:
-        out: NDArray[np.bool_] = (pos <= tolerance) & ((rot <= orientation_tolerance) | np.isnan(rot))
-        return out
-
     everyone = np.arange(batch * num)
     e, pos, rot, jac = cost(theta, everyone)
-    done = within(pos, rot)
+    done = meets_tolerances(pos, rot, tolerance, orientation_tolerance)
     if skip is not None:
         done |= np.asarray(skip, dtype=bool).reshape(-1)
     active = np.flatnonzero(~done)
@@ -115,7 +120,7 @@ def refine(
         # Never below MIN_DAMPING: at a singular configuration J J^T alone cannot be inverted.
         damping[active] = np.where(better, np.maximum(lam * 0.3, MIN_DAMPING), lam * 4.0)
         steps[active] += 1
-        converged = within(pos[active], rot[active])
+        converged = meets_tolerances(pos[active], rot[active], tolerance, orientation_tolerance)
         active = active[~converged & (damping[active] < 1e6)]
         if step_number % STALL_WINDOW == 0 and active.size:
             # A seed that has not cut its squared error to STALL_RATIO in STALL_WINDOW steps is stuck

@@ -7,18 +7,19 @@ import time
 from typing import Any
 
 import numpy as np
-from mdn_core.chain import TWO_PI, SerialChain, pose_targets, target_features
+from mdn_core.chain import SerialChain, pose_targets, target_features
 from mdn_core.ik import (
     DEFAULT_ORIENTATION_TOLERANCE,
     DEFAULT_TOLERANCE,
     default_draws,
     goal_of,
+    joint_difference,
     joint_distance,
     solve,
     task_errors,
 )
 from mdn_core.modes import Modes, mixture_modes
-from mdn_core.refine import refine
+from mdn_core.refine import meets_tolerances, refine
 from mdn_core.solutions import Solutions
 from numpy.typing import NDArray
 
@@ -118,14 +119,13 @@ def one_solution(
     the refined points jump from one to the other.
     """
     tol, rot_tol = DEFAULT_TOLERANCE[chain.target], DEFAULT_ORIENTATION_TOLERANCE
-    step = b - a
-    step = np.where(chain.periodic, (step + np.pi) % TWO_PI - np.pi, step)
+    step = joint_difference(chain, a, b)
     count = int(min(MAX_PATH_POINTS, np.ceil(np.abs(step).max(initial=0.0) / PATH_STEP))) + 1
     t = np.linspace(0.0, 1.0, count)
     path = a[:, None, :] + t[None, :, None] * step[:, None, :]
     onto, _ = refine(chain, targets, path, tol, rot_tol)
     _, pos, rot = task_errors(chain, goal_of(chain, targets)[:, None], chain.forward(onto))
-    meets = np.all((pos <= tol) & ((rot <= rot_tol) | np.isnan(rot)), axis=1)
+    meets = np.all(meets_tolerances(pos, rot, tol, rot_tol), axis=1)
     jump = joint_distance(chain, onto[:, 1:], onto[:, :-1]).max(axis=(1, 2), initial=0.0)
     out: NDArray[np.bool_] = meets & (jump <= SAME_SOLUTION_RADIANS)
     return out
