@@ -194,6 +194,8 @@ class MixtureSearch:
             step = fixed.copy()
             pending = np.flatnonzero(~newton_small)
             for fraction in (1.0, 0.5, 0.25):
+                if not pending.size:
+                    break
                 trial = xa[pending] + fraction * newton[pending]
                 climbed = self.log_p(trial, b[pending]) >= log_p[pending] - 1e-12 * np.abs(log_p[pending])
                 step[pending[climbed]] = trial[climbed]
@@ -230,20 +232,23 @@ class _Known:
     (M, D) and capture radii (M,)."""
 
     def __init__(self, table: NDArray[np.intp], points: FloatArray, radius: FloatArray) -> None:
-        self.table, self.axes, self.radius2 = table, np.ascontiguousarray(points.T), np.square(radius)
+        self.table = np.ascontiguousarray(table.T)  # (W, B): the points last, as in the climb
+        self.axes, self.radius2 = np.ascontiguousarray(points.T), np.square(radius)
 
     def near(self, row: NDArray[np.intp]) -> _Near:
         """The known modes of the rows of climbing points, gathered once for as long as they climb."""
-        mode = self.table[row]
-        there = np.maximum(mode, 0)
+        mode = np.take(self.table, row, axis=1)  # (W, P)
+        valid = mode >= 0
+        there = np.where(valid, mode, 0)
         coords = np.stack([np.take(c, there) for c in self.axes])
-        return _Near(mode, coords, np.where(mode >= 0, 1.0 / np.take(self.radius2, there), 0.0), mode >= 0)
+        inverse = np.where(valid, 1.0 / np.take(self.radius2, there), 0.0).astype(self.axes.dtype)
+        return _Near(mode, coords, inverse, valid)
 
 
 @dataclass(frozen=True)
 class _Near:
-    """Climbing points' known modes: indices (P, W), coordinates (D, P, W), 1 / radius^2 (P, W), and
-    which slots hold a mode (P, W)."""
+    """Climbing points' known modes, with the points last (W known modes per row, P points): indices
+    (W, P), coordinates (D, W, P), 1 / radius^2 (W, P), and which slots hold a mode (W, P)."""
 
     mode: NDArray[np.intp]
     coords: FloatArray
@@ -251,16 +256,21 @@ class _Near:
     valid: NDArray[np.bool_]
 
     def take(self, keep: NDArray[np.intp]) -> _Near:
-        return _Near(self.mode[keep], self.coords[:, keep], self.inverse[keep], self.valid[keep])
+        return _Near(np.take(self.mode, keep, axis=1), np.take(self.coords, keep, axis=2),
+                     np.take(self.inverse, keep, axis=1), np.take(self.valid, keep, axis=1))  # fmt: skip
 
     def capture(self, xt: FloatArray) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
         """For points xt (D, P): whether each is within a known mode's radius, and which (the nearest
-        in radii)."""
-        gap = functools.reduce(np.add, [(c - x[:, None]) ** 2 for c, x in zip(self.coords, xt, strict=True)])
-        gap = np.where(self.valid, gap * self.inverse, np.inf)
-        best = np.argmin(gap, axis=1)
-        pick = np.arange(len(best))
-        return gap[pick, best] < 1.0, self.mode[pick, best]
+        in radii). One known mode at a time: W is small, P long."""
+        best = np.full(xt.shape[1], np.inf, dtype=xt.dtype)
+        mode = np.full(xt.shape[1], -1, dtype=np.intp)
+        for w in range(self.mode.shape[0]):
+            gap = functools.reduce(np.add, [np.square(c[w] - x) for c, x in zip(self.coords, xt, strict=True)])
+            gap *= self.inverse[w]
+            closer = self.valid[w] & (gap < best)
+            np.copyto(best, gap, where=closer)
+            np.copyto(mode, self.mode[w], where=closer)
+        return best < 1.0, mode
 
 
 @dataclass(frozen=True)
