@@ -338,3 +338,33 @@ def test_a_request_alone_is_served_even_when_its_estimate_is_over_the_budget(run
     assert out.modes is not None and out.modes.num_modes[0] >= 1
     assert value(metrics, "mdn_rejected_requests_total", reason="queue_time") == 0
     executor.shutdown()
+
+
+def test_admission_keeps_headroom_for_the_time_outside_the_queue(runtime):
+    """A request whose work ahead and own batch would end just inside its budget is still refused: a
+    share of the budget (queue.HEADROOM) is kept for reaching the handler and the answer's trip back,
+    which the estimates do not see (without it, open-loop overload answered past the budget)."""
+    from mdn_serve.serving.costs import Work
+    from mdn_serve.serving.queue import HEADROOM, QueuedRequest, RequestQueue
+
+    queue = RequestQueue(runtime, Metrics(), BatchingConfig(max_queue_seconds=1.0, max_batch_rows=1))
+    x = np.full((1, 2), 0.6, np.float32)
+
+    async def offer(ahead: float, deadline_in: float | None = None) -> QueuedRequest:
+        now = time.monotonic()
+        deadline = None if deadline_in is None else now + deadline_in
+        request = QueuedRequest(x, Ask(), asyncio.get_running_loop().create_future(), now, deadline, Work(), 0.05)
+        queue.admit(request, ahead)
+        return request
+
+    async def run() -> None:
+        inside = 1.0 - HEADROOM - 0.05 - 0.01  # wait + own batch end 10 ms before the usable budget
+        admitted = await offer(inside)
+        assert admitted.start_by <= admitted.enqueued + 1.0 - HEADROOM - 0.05 + 1e-9
+        with pytest.raises(QueueFull, match="within the queue-time budget of 1 s"):
+            await offer(1.0 - 0.05 - 0.01)  # inside the whole budget, not inside what is left of it
+        with pytest.raises(QueueFull, match="before its deadline"):
+            await offer(0.5 - 0.05 - 0.01, deadline_in=0.5)  # the same against a nearer deadline
+
+    asyncio.run(run())
+    assert 0.0 < HEADROOM <= 0.1
