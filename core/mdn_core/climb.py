@@ -192,16 +192,7 @@ class MixtureSearch:
             # flat peak, where the curvature vanishes to rounding and Newton fails) the fixed-point step.
             newton_small = _max_last(np.abs(newton) / unit) <= NEWTON_TOL
             step = fixed.copy()
-            pending = np.flatnonzero(~newton_small)
-            for fraction in (1.0, 0.5, 0.25):
-                if not pending.size:
-                    break
-                trial = xa[pending] + fraction * newton[pending]
-                climbed = self.log_p(trial, b[pending]) >= log_p[pending] - 1e-12 * np.abs(log_p[pending])
-                step[pending[climbed]] = trial[climbed]
-                pending = pending[~climbed]
-            newton_failed = np.zeros(len(xa), dtype=bool)
-            newton_failed[pending] = True
+            newton_failed = _newton_where_it_climbs(self, xa, b, newton, log_p, step, ~newton_small)
             done = newton_small | (newton_failed & (_max_last(np.abs(fixed - xa) / unit) <= NEWTON_TOL))
             converged[active[done]] = True
             stopped = active[done]
@@ -319,6 +310,25 @@ def _logsumexp_first(a: FloatArray) -> FloatArray:
     peak = np.where(np.isfinite(peak), peak, 0.0)
     out: FloatArray = np.log(np.exp(a - peak).sum(axis=0)) + peak
     return out
+
+
+def _newton_where_it_climbs(
+    mix: MixtureSearch, x: FloatArray, row: NDArray[np.intp], newton: FloatArray, log_p: FloatArray,
+    step: FloatArray, tried: NDArray[np.bool_],
+) -> NDArray[np.bool_]:  # fmt: skip
+    """Where `tried`, the Newton step from x (N, D), halved up to twice until it climbs, replaces `step`
+    (in place; the fixed-point step, which never lowers p). Returns where no Newton step climbed."""
+    pending = np.flatnonzero(tried)
+    for fraction in (1.0, 0.5, 0.25):
+        if not pending.size:
+            break
+        trial = x[pending] + fraction * newton[pending]
+        climbed = mix.log_p(trial, row[pending]) >= log_p[pending] - 1e-12 * np.abs(log_p[pending])
+        step[pending[climbed]] = trial[climbed]
+        pending = pending[~climbed]
+    failed = np.zeros(len(x), dtype=bool)
+    failed[pending] = True
+    return failed
 
 
 def _newton_steps(hess: FloatArray, grad: FloatArray, diag: FloatArray) -> FloatArray:
