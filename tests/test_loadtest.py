@@ -189,3 +189,17 @@ def test_the_bench_ik_rate_of_one_client_is_one_batch_per_mean_latency():
 
     assert closed_loop_rate(result({"OK": 4}, 1024), 256) == pytest.approx(256 / 0.45)
     assert closed_loop_rate(result({"OK": 3, "DEADLINE_EXCEEDED": 1}, 768), 256) == 384.0
+
+
+def test_answers_are_counted_by_arrival_within_the_window_beside_the_sends_within_it():
+    """The open loop's steady-state throughput counts the OK answers that arrive within the window,
+    whenever sent; the sends within the window are counted however late their answers arrive."""
+    recorder = loadtest._Recorder()
+    recorder.window_start, recorder.window_end = 10.0, 12.0
+    recorder.record(9.5, 1.0, "OK")  # sent in the warm-up, answered in the window
+    recorder.record(11.5, 1.0, "OK")  # sent in the window, answered after it
+    recorder.record(10.5, 0.5, "OK")  # both within
+    recorder.record(10.5, 0.5, "RESOURCE_EXHAUSTED", "refused")  # arrives in the window, but refused
+    recorder.record(9.0, 0.5, "OK")  # neither
+    assert recorder.answered_in_window == 2
+    assert recorder.codes == {"OK": 2, "RESOURCE_EXHAUSTED": 1}

@@ -2,9 +2,15 @@
 
 Three runs against the same server: one client (the unloaded latency), eight clients in a closed
 loop (the capacity), then requests sent at four times that rate whatever happens (open loop).
-Goodput is the rows answered OK per second under overload over the capacity; the answered p99
-is compared with twice the unloaded p99 plus the queue-time budget (--max-queue-seconds, 1 s
-by default), the bound a time-bounded queue should keep.
+Goodput is the rows of OK answers arriving per second under overload, in a window that opens once
+the server's queue is full (a warm-up of the queue-time budget and half a second more), over the
+capacity; the answered p99 (of the requests sent within the window) is compared with twice the
+unloaded p99 plus the queue-time budget (--max-queue-seconds, 1 s by default), the bound a
+time-bounded queue should keep.
+
+Counting instead the requests sent within the window that were answered OK overstates it: the last
+of them are answered after the window, once the load stops and the server no longer spends its CPU
+on refusals (on one core, a Modes batch of 16,384 rows took 150 ms then against 230 ms under load).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ def measure_overload(target: str, model: str, seconds: float, info: tuple[dict[s
     capacity = asyncio.run(run_load(replace(base, concurrency=CAPACITY_CLIENTS), model_info=info))
     # What the server answered, not what it was sent: a refusal in the capacity run is no capacity.
     rate = OVERLOAD_FACTOR * capacity.rows_per_second / OVERLOAD_BATCH
-    overload = asyncio.run(run_load(replace(base, rate=rate), model_info=info))
+    overload = asyncio.run(run_load(replace(base, rate=rate, warmup=QUEUE_BUDGET_SECONDS + 0.5), model_info=info))
     budget_ms = 1000.0 * QUEUE_BUDGET_SECONDS
     return {
         "rpc": "modes",
@@ -39,8 +45,11 @@ def measure_overload(target: str, model: str, seconds: float, info: tuple[dict[s
         "unloaded_p99_ms": unloaded.latency_ms.get("p99", 0.0),
         "overload_rate": rate,
         "overload_codes": overload.codes,
-        "goodput_rows_per_second": overload.rows_per_second,
-        "goodput_vs_capacity": overload.rows_per_second / capacity.rows_per_second if capacity.rows_per_second else 0.0,
+        "goodput_rows_per_second": overload.answered_rows_per_second,
+        "goodput_vs_capacity": (
+            overload.answered_rows_per_second / capacity.rows_per_second if capacity.rows_per_second else 0.0
+        ),
+        "sent_in_window_answered_rows_per_second": overload.rows_per_second,
         "answered_p99_ms": overload.answered_latency_ms.get("p99"),
         "p99_bound_ms": 2 * unloaded.latency_ms.get("p99", 0.0) + budget_ms,
     }
