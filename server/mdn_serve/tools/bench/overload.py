@@ -45,6 +45,7 @@ def measure_overload(target: str, model: str, seconds: float, info: tuple[dict[s
         "unloaded_p99_ms": unloaded.latency_ms.get("p99", 0.0),
         "overload_rate": rate,
         "overload_codes": overload.codes,
+        "overload_first_errors": overload.first_errors,  # status code -> the message of its first request
         "goodput_rows_per_second": overload.answered_rows_per_second,
         "goodput_vs_capacity": (
             overload.answered_rows_per_second / capacity.rows_per_second if capacity.rows_per_second else 0.0

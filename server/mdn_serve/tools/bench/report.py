@@ -155,6 +155,9 @@ def render(report: dict[str, Any]) -> str:
             f"answered p99 {o['answered_p99_ms'] or 0:.0f} ms against an unloaded "
             f"p99 of {o['unloaded_p99_ms']:.1f} ms; status codes: {codes}.",
         ]
+        unexpected = {c: m for c, m in o.get("overload_first_errors", {}).items() if c != "RESOURCE_EXHAUSTED"}
+        if unexpected:
+            lines.append("First message of each other status: " + "; ".join(f"{c}: {m}" for c, m in unexpected.items()))
     lines += ["", "| target | value | bound | met |", "|---|---|---|---|"]
     for t in report["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3g}"
