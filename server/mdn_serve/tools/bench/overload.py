@@ -3,10 +3,11 @@
 Three runs against the same server: one client (the unloaded latency), eight clients in a closed
 loop (the capacity), then requests sent at four times that rate whatever happens (open loop).
 Goodput is the rows of OK answers arriving per second under overload, in a window that opens once
-the server's queue is full (a warm-up of the queue-time budget and half a second more), over the
-capacity; the answered p99 (of the requests sent within the window) is compared with twice the
-unloaded p99 plus the queue-time budget (--max-queue-seconds, 1 s by default), the bound a
-time-bounded queue should keep.
+the server's queue is full (a warm-up of the queue-time budget and half a second more; the window
+lasts the benchmark's seconds per point, at least MIN_OVERLOAD_SECONDS), over the capacity; the
+answered p99 (of the requests sent within the window) is compared with twice the unloaded p99 plus
+the queue-time budget (--max-queue-seconds, 1 s by default), the bound a time-bounded queue should
+keep.
 
 Counting instead the requests sent within the window that were answered OK overstates it: the last
 of them are answered after the window, once the load stops and the server no longer spends its CPU
@@ -24,6 +25,7 @@ from mdn_serve.tools.loadtest import LoadConfig, run_load
 OVERLOAD_BATCH = 512
 OVERLOAD_FACTOR = 4.0
 CAPACITY_CLIENTS = 8
+MIN_OVERLOAD_SECONDS = 1.0  # the overload window, at least
 QUEUE_BUDGET_SECONDS = 1.0  # mdn-serve's default --max-queue-seconds, which the benchmark's servers run with
 
 
@@ -34,7 +36,12 @@ def measure_overload(target: str, model: str, seconds: float, info: tuple[dict[s
     capacity = asyncio.run(run_load(replace(base, concurrency=CAPACITY_CLIENTS), model_info=info))
     # What the server answered, not what it was sent: a refusal in the capacity run is no capacity.
     rate = OVERLOAD_FACTOR * capacity.rows_per_second / OVERLOAD_BATCH
-    overload = asyncio.run(run_load(replace(base, rate=rate, warmup=QUEUE_BUDGET_SECONDS + 0.5), model_info=info))
+    # A window shorter than a few batches (a batch of 16,384 rows takes a few hundred ms under the load)
+    # could see no answer arrive at all.
+    window = max(seconds, MIN_OVERLOAD_SECONDS)
+    overload = asyncio.run(
+        run_load(replace(base, rate=rate, warmup=QUEUE_BUDGET_SECONDS + 0.5, duration=window), model_info=info)
+    )
     budget_ms = 1000.0 * QUEUE_BUDGET_SECONDS
     return {
         "rpc": "modes",
