@@ -14,6 +14,7 @@ import time
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 import numpy as np
@@ -38,6 +39,7 @@ class StalledConnection:
         self.lock = threading.Lock()  # the h2 state is shared with the reader thread
         self.frame = b"\x00" + len(request).to_bytes(4, "big") + request  # gRPC's length-prefixed message
         self.statuses: dict[int, str] = {}
+        self.resets: dict[int, int] = {}  # stream -> the error code of the server's RST_STREAM
         with self.lock:
             self.conn.initiate_connection()
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
@@ -68,6 +70,8 @@ class StalledConnection:
                             status = {str(k): str(v) for k, v in event.headers or []}.get("grpc-status")
                             if status is not None:
                                 self.statuses[event.stream_id] = status
+                        elif isinstance(event, h2.events.StreamReset) and event.remote_reset:
+                            self.resets[event.stream_id] = event.error_code
                     self.sock.sendall(self.conn.data_to_send())
         except OSError:
             pass
@@ -132,6 +136,40 @@ def test_unread_answers_stay_within_the_response_budget_and_memory_returns(train
         with MdnClient(proc.target) as client:  # and big answers are served again
             assert client.sample("two_link_arm", x, num_samples=NUM_SAMPLES).samples.shape == (1, NUM_SAMPLES, 2)
     finally:
+        assert stop_server(proc) == 0
+
+
+def test_calls_past_a_connections_stream_cap_are_refused_by_grpc_itself(trained, tmp_path):
+    """--max-concurrent-streams: calls a connection opens past the cap (here by a raw HTTP/2 client that
+    ignores the server's SETTINGS; a gRPC client can also get there when the busy event loop has not
+    yet taken up its calls) are refused by gRPC with RST_STREAM REFUSED_STREAM, which gRPC clients
+    report as UNAVAILABLE "Stream removed": nothing was done, safe to retry. The calls within the cap
+    are served."""
+    cap = 4
+    proc = start_server(tmp_path / "log", "--model-repository", str(trained["models"]), "--max-concurrent-streams",
+                        str(cap))  # fmt: skip
+    x = np.array([[0.6, 0.6]], "<f4")
+    request = pb.SampleRequest(model=pb.ModelRef(name="two_link_arm"), inputs=pb.Tensor(shape=x.shape, raw=x.tobytes()),
+                               num_samples=NUM_SAMPLES).SerializeToString()  # fmt: skip
+    connection = StalledConnection(proc.port, request)  # answers never read: the calls stay open
+    try:
+        deadline = time.monotonic() + 10
+        while connection.conn.remote_settings.max_concurrent_streams != cap:  # the server's SETTINGS arrived
+            assert time.monotonic() < deadline, "no SETTINGS from the server"
+            time.sleep(0.01)
+        with connection.lock:  # h2 itself would not open more streams than the server allows
+            connection.conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+            connection.conn.remote_settings.acknowledge()
+        connection.call(2 * cap)
+        deadline = time.monotonic() + 10
+        while len(connection.resets) < cap and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(connection.resets.values()) == [h2.errors.ErrorCodes.REFUSED_STREAM] * cap, connection.resets
+        assert sorted(connection.resets) == [2 * i + 1 for i in range(cap, 2 * cap)]  # those past the cap
+        with MdnClient(proc.target) as client:  # and the server goes on serving
+            assert client.predict("two_link_arm", x).means.shape[0] == 1
+    finally:
+        connection.close()
         assert stop_server(proc) == 0
 
 
