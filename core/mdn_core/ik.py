@@ -108,11 +108,8 @@ def joint_difference(chain: SerialChain, a: FloatArray, b: FloatArray) -> NDArra
 
 
 def joint_distance(chain: SerialChain, a: FloatArray, b: FloatArray) -> NDArray[np.float64]:
-    """Per-joint distance, modulo 2 pi for periodic joints."""
-    d = np.abs(np.asarray(a, dtype=np.float64) - b)
-    wrapped = np.abs((d + math.pi) % TWO_PI - math.pi)
-    out: NDArray[np.float64] = np.where(chain.periodic, wrapped, d)
-    return out
+    """Per-joint distance, modulo 2 pi for periodic joints: |joint_difference|."""
+    return np.abs(joint_difference(chain, a, b))
 
 
 def solve(
