@@ -44,7 +44,9 @@ def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def start_up_error(caplog, *args: str) -> tuple[int, str]:
     """Run a server that cannot start in this process, as `mdn-serve` would: its exit code and log."""
-    settings = parse_settings(["--port", "0", "--http-port", "0", "--metrics-port", "-1", *args], {})  # later flags win
+    # (--io-scheduling normal: the test runner's own thread keeps its scheduling policy; later flags win)
+    flags = ["--port", "0", "--http-port", "0", "--metrics-port", "-1", "--io-scheduling", "normal", *args]
+    settings = parse_settings(flags, {})
     with caplog.at_level(logging.ERROR, logger="mdn_serve"):
         code = run(settings)
     return code, caplog.text

@@ -24,6 +24,7 @@ from mdn_serve.metrics import Metrics
 from mdn_serve.metrics_http import serve_metrics
 from mdn_serve.protocols import ADAPTERS
 from mdn_serve.protocols.rpc import add_service
+from mdn_serve.scheduling import use_io_policy
 from mdn_serve.security import BearerTokenInterceptor, read_token, server_credentials, server_ssl_context
 from mdn_serve.serving.control import ModelControl
 from mdn_serve.serving.dataplane import Dataplane, Limits
@@ -286,6 +287,7 @@ async def serve(settings: Settings, on_serving: Callable[[MdnServer], None] | No
 
 def run(settings: Settings, on_serving: Callable[[MdnServer], None] | None = None) -> int:
     """Serve until a signal; the process exit code (1 for a start-up error, logged)."""
+    use_io_policy(settings.io_scheduling)  # before the event loop, gRPC and ONNX Runtime start threads
     try:
         with asyncio.Runner(loop_factory=ServingEventLoop) as runner:
             runner.run(serve(settings, on_serving))

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mdn_serve.scheduling import IO_POLICIES
+
 DEVICES = ("cpu", "cuda", "auto")
 CONTROL_MODES = ("none", "explicit")
 CONNECTION_AGE_GRACE_SECONDS = 30.0  # calls in flight on a connection closed for its age get this long
@@ -35,6 +37,7 @@ class Settings:
     intra_op_threads: int = 1
     inter_op_threads: int = 0
     compute_threads: int = 0  # threads running big batches; 0: one per CPU this process may use, at most 2
+    io_scheduling: str = "batch"  # the other threads' Linux scheduling policy (mdn_serve.scheduling)
     max_rows: int = 8192  # rows (B) per request
     max_samples: int = 1_000_000  # B x num_samples per Sample request
     # targets x seeds per Solve (or IK outputs): each seed is refined, far costlier than a sample.
@@ -116,6 +119,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--intra-op-threads", int, "ONNX Runtime intra-op threads per call; 0 for one per core")
     add("--inter-op-threads", int, "ONNX Runtime inter-op threads; 0 for its default")
     add("--compute-threads", int, "threads running big batches off the event loop; 0: one per CPU, at most 2")
+    add("--io-scheduling", str, "Linux scheduling policy of every thread but the compute threads: batch lets a "
+        "busy compute thread finish its time slice before the event loop takes in new calls (more of an overloaded "
+        "CPU goes to answers); normal: the system's default for all", choices=IO_POLICIES)  # fmt: skip
     add("--max-rows", int, "largest batch (rows) per request")
     add("--max-samples", int, "largest rows x num_samples per Sample request")
     add("--max-ik-seeds", int, "largest targets x seeds (mixture components, draws, seed_state) per IK request")

@@ -17,16 +17,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mdn_serve.config import Settings
 from mdn_serve.errors import LoadFailed, ModelLoadError, ModelNotFound
 from mdn_serve.metrics import Metrics
+from mdn_serve.scheduling import with_compute_policy
 from mdn_serve.serving.dataplane import Dataplane
 from mdn_serve.serving.repository import MAX_NAME_CHARACTERS, ModelRepository, choose_providers, model_folders
 
 log = logging.getLogger("mdn_serve")
 
 EXPLICIT = "explicit"
+
+T = TypeVar("T")
+
+
+async def _loading(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) on a worker thread under the normal scheduling policy (mdn_serve.scheduling): it
+    creates ONNX Runtime sessions, whose intra-op threads take their policy from it."""
+    return await asyncio.to_thread(with_compute_policy(fn), *args)
 
 
 class ModelControl:
@@ -51,7 +62,7 @@ class ModelControl:
         log.info("device %s: execution providers %s", s.device, providers)
         names = list(s.load_model) if self.explicit else None
         try:
-            repository = await asyncio.to_thread(ModelRepository.load, s.model_repository, *self._load_args(), names)
+            repository = await _loading(ModelRepository.load, s.model_repository, *self._load_args(), names)
         except ModelNotFound as exc:  # --load-model names a model that is not there
             raise ModelLoadError(f"--load-model: {exc}") from None
         self.dataplane.set_repository(repository)
@@ -91,7 +102,7 @@ class ModelControl:
                 failures[(name, version)] = reason
 
             names = sorted(current.models) if self.explicit else None
-            fresh = await asyncio.to_thread(current.reloaded, s.model_repository, *self._load_args(), failed, names)
+            fresh = await _loading(current.reloaded, s.model_repository, *self._load_args(), failed, names)
             self.metrics.reloads.inc()
             self.dataplane.load_failures = failures  # what this reload refused (the repository index)
             if fresh is current:  # nothing changed: not worth a line at INFO every --poll-seconds
@@ -128,7 +139,7 @@ class ModelControl:
                 )
             failures = {k: v for k, v in self.dataplane.load_failures.items() if k[0] != name}
             try:
-                fresh = await asyncio.to_thread(current.with_model, root, name, *self._load_args())
+                fresh = await _loading(current.with_model, root, name, *self._load_args())
             except ModelLoadError as exc:
                 self.metrics.load_failures.labels(name, "-").inc()
                 self.dataplane.load_failures = {**failures, (name, ""): str(exc)}

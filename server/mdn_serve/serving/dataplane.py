@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from mdn_serve.errors import InvalidInput, LimitExceeded, MdnError, ModelNotFound, Unavailable
 from mdn_serve.metrics import Metrics
+from mdn_serve.scheduling import COMPUTE_THREAD_NAME, compute_thread_started
 from mdn_serve.serving.batching import DynamicBatcher
 from mdn_serve.serving.pipeline import MIXTURE_ONLY, Ask, IkSpec, Outputs, SampleSpec
 from mdn_serve.serving.queue import BatchingConfig
@@ -65,7 +66,9 @@ class Dataplane:
         self.responses = ResponseBudget(limits.max_response_bytes_in_flight, metrics)
         self._retiring: dict[asyncio.Future[None], DynamicBatcher] = {}
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
-        self._executor = ThreadPoolExecutor(max_workers=compute_threads, thread_name_prefix="mdn-compute")
+        self._executor = ThreadPoolExecutor(
+            max_workers=compute_threads, thread_name_prefix=COMPUTE_THREAD_NAME, initializer=compute_thread_started
+        )
 
     def set_repository(self, repository: ModelRepository) -> list[asyncio.Future[None]]:
         """Serve this repository from now on (at start, and atomically on every reload).
