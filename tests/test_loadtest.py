@@ -169,6 +169,10 @@ def test_bench_smoke_writes_its_report(trained, tmp_path):
     overload = report["overload"]  # every code is OK or a refusal, and goodput is measured
     assert set(overload["overload_codes"]) <= {"OK", "RESOURCE_EXHAUSTED"} and overload["goodput_rows_per_second"] > 0
     assert any("goodput vs capacity" in name for name in names)
+    other = report["overload_other_io_scheduling"]  # the same on a server under the other --io-scheduling
+    assert (overload["io_scheduling"], other["io_scheduling"]) == ("batch", "normal")
+    assert set(other["overload_codes"]) <= {"OK", "RESOURCE_EXHAUSTED"} and other["goodput_rows_per_second"] > 0
+    assert "with `--io-scheduling normal`" in (tmp_path / "report.md").read_text()
     if len(os.sched_getaffinity(0)) >= 2:
         assert report["placement"].startswith("servers on CPU ")
     assert report["rss_mb_after_start"] > 10 and report["start_to_serving_seconds"] > 0
@@ -203,3 +207,11 @@ def test_answers_are_counted_by_arrival_within_the_window_beside_the_sends_withi
     recorder.record(9.0, 0.5, "OK")  # neither
     assert recorder.answered_in_window == 2
     assert recorder.codes == {"OK": 2, "RESOURCE_EXHAUSTED": 1}
+
+
+def test_the_bench_reads_the_servers_io_scheduling_from_their_flags():
+    from mdn_serve.tools.bench.run import _io_policy
+
+    assert _io_policy(["--device", "cpu"]) == "batch"
+    assert _io_policy(["--io-scheduling", "normal", "--device", "cpu"]) == "normal"
+    assert _io_policy(["--io-scheduling", "normal", "--io-scheduling=batch"]) == "batch"

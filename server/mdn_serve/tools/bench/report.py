@@ -158,6 +158,16 @@ def render(report: dict[str, Any]) -> str:
         unexpected = {c: m for c, m in o.get("overload_first_errors", {}).items() if c != "RESOURCE_EXHAUSTED"}
         if unexpected:
             lines.append("First message of each other status: " + "; ".join(f"{c}: {m}" for c, m in unexpected.items()))
+    if report.get("overload_other_io_scheduling"):
+        o, mine = report["overload_other_io_scheduling"], report["overload"].get("io_scheduling", "batch")
+        codes = ", ".join(f"{k} {v}" for k, v in sorted(o["overload_codes"].items()))
+        lines += [
+            "",
+            f"The same overload on a fresh server with `--io-scheduling {o['io_scheduling']}` (the one above: "
+            f"{mine}): capacity {o['capacity_rows_per_second']:.0f} rows/s, goodput {o['goodput_rows_per_second']:.0f} "
+            f"rows/s ({o['goodput_vs_capacity']:.2f}), answered p99 {o['answered_p99_ms'] or 0:.0f} ms against a "
+            f"bound of {o['p99_bound_ms']:.0f} ms; status codes: {codes}.",
+        ]
     lines += ["", "| target | value | bound | met |", "|---|---|---|---|"]
     for t in report["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3g}"

@@ -26,6 +26,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from mdn_serve.config import Settings
 from mdn_serve.tools.bench import tracing
 from mdn_serve.tools.bench.ceilings import Placement, _serve_noop, canned_responses, onnx_ceiling
 from mdn_serve.tools.bench.http import HTTP_POINTS, HttpPoint, bodies, canned_answers, measure_http, serve_noop_http
@@ -119,6 +120,7 @@ def _run_bench(
     rss_tuned = 0.0
     ik: list[dict[str, Any]] = []
     overload: dict[str, Any] = {}
+    overload_other: dict[str, Any] = {}
     http: list[dict[str, Any]] = []
     traced: dict[str, Any] = {}
     sink: Any = None
@@ -157,6 +159,13 @@ def _run_bench(
                 n = repeats if point == HEADLINE else 1
                 tuned.append(measure(f"127.0.0.1:{server.port}", noop_target, model, point, seconds, info, n))
             rss_tuned = server.rss_mb()
+        # The overload point again on a server whose threads run under the other --io-scheduling policy.
+        other_policy = "normal" if _io_policy(server_args) == "batch" else "batch"
+        server.stop()
+        server = start_server(models, [*server_args, "--io-scheduling", other_policy], placement)
+        print(f"the same overload, --io-scheduling {other_policy} ...", flush=True)
+        overload_other = {"io_scheduling": other_policy,
+                          **measure_overload(f"127.0.0.1:{server.port}", model, seconds, info)}  # fmt: skip
         if tracing.available() and HEADLINE in points:
             server.stop()
             sink = context.Process(target=tracing.serve_sink, args=(queue, placement), daemon=True)
@@ -196,9 +205,17 @@ def _run_bench(
         "http_results": http,
         "traced_result": traced,
         "ik_results": ik,
-        "overload": overload,
+        "overload": {"io_scheduling": _io_policy(server_args), **overload} if overload else overload,
+        "overload_other_io_scheduling": overload_other,
         "targets": targets(results, tuned, start_seconds, max(rss_start, rss_end, rss_tuned), overload),
     }  # fmt: skip
+
+
+def _io_policy(server_args: list[str]) -> str:
+    """The --io-scheduling the servers run with (the last one given, as argparse reads them)."""
+    given = [server_args[i + 1] for i, a in enumerate(server_args[:-1]) if a == "--io-scheduling"]
+    given += [a.split("=", 1)[1] for a in server_args if a.startswith("--io-scheduling=")]
+    return given[-1] if given else Settings().io_scheduling
 
 
 def _device(server_args: list[str]) -> str:
