@@ -119,3 +119,21 @@ def test_a_real_servers_threads(trained: dict[str, Path], tmp_path: Path, choice
         assert "I/O threads run under SCHED_BATCH" in server.log()
     else:
         assert {p for _, _, p in threads} == {os.SCHED_OTHER}, threads
+
+
+def test_a_system_that_refuses_the_policy_leaves_a_warning_and_the_server_runs_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)  # as a seccomp profile that forbids the call would
+
+    def scenario() -> int:
+        use_io_policy("batch")
+        return policy()
+
+    with caplog.at_level("WARNING", logger="mdn_serve.scheduling"):
+        assert in_fresh_thread(scenario) == os.SCHED_OTHER
+    assert "cannot set this thread's scheduling policy" in caplog.text
+    assert "Operation not permitted" in caplog.text
