@@ -142,7 +142,6 @@ def render(report: dict[str, Any]) -> str:
             )
     if report.get("overload"):
         o = report["overload"]
-        codes = ", ".join(f"{k} {v}" for k, v in sorted(o["overload_codes"].items()))
         lines += [
             "",
             f"Overload: Modes batch {o['batch']}, one client, then eight clients in a closed loop (the "
@@ -153,20 +152,19 @@ def render(report: dict[str, Any]) -> str:
             f"queue is full; counted instead by the requests sent within it, however late answered, "
             f"{o.get('sent_in_window_answered_rows_per_second', 0):.0f} rows/s), "
             f"answered p99 {o['answered_p99_ms'] or 0:.0f} ms against an unloaded "
-            f"p99 of {o['unloaded_p99_ms']:.1f} ms; status codes: {codes}.",
+            f"p99 of {o['unloaded_p99_ms']:.1f} ms; status codes: {_codes(o)}.",
         ]
         unexpected = {c: m for c, m in o.get("overload_first_errors", {}).items() if c != "RESOURCE_EXHAUSTED"}
         if unexpected:
             lines.append("First message of each other status: " + "; ".join(f"{c}: {m}" for c, m in unexpected.items()))
     if report.get("overload_other_io_scheduling"):
         o, mine = report["overload_other_io_scheduling"], report["overload"].get("io_scheduling", "batch")
-        codes = ", ".join(f"{k} {v}" for k, v in sorted(o["overload_codes"].items()))
         lines += [
             "",
             f"The same overload on a fresh server with `--io-scheduling {o['io_scheduling']}` (the one above: "
             f"{mine}): capacity {o['capacity_rows_per_second']:.0f} rows/s, goodput {o['goodput_rows_per_second']:.0f} "
             f"rows/s ({o['goodput_vs_capacity']:.2f}), answered p99 {o['answered_p99_ms'] or 0:.0f} ms against a "
-            f"bound of {o['p99_bound_ms']:.0f} ms; status codes: {codes}.",
+            f"bound of {o['p99_bound_ms']:.0f} ms; status codes: {_codes(o)}.",
         ]
     lines += ["", "| target | value | bound | met |", "|---|---|---|---|"]
     for t in report["targets"]:
@@ -180,6 +178,11 @@ def render(report: dict[str, Any]) -> str:
         "![latency against throughput](latency_vs_throughput.png)",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _codes(overload: dict[str, Any]) -> str:
+    """An overload run's status codes and their counts, as the report prints them."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(overload["overload_codes"].items()))
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

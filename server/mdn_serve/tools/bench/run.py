@@ -26,7 +26,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from mdn_serve.config import Settings
+from mdn_serve.config import parse_settings
 from mdn_serve.tools.bench import tracing
 from mdn_serve.tools.bench.ceilings import Placement, _serve_noop, canned_responses, onnx_ceiling
 from mdn_serve.tools.bench.http import HTTP_POINTS, HttpPoint, bodies, canned_answers, measure_http, serve_noop_http
@@ -212,10 +212,8 @@ def _run_bench(
 
 
 def _io_policy(server_args: list[str]) -> str:
-    """The --io-scheduling the servers run with (the last one given, as argparse reads them)."""
-    given = [server_args[i + 1] for i, a in enumerate(server_args[:-1]) if a == "--io-scheduling"]
-    given += [a.split("=", 1)[1] for a in server_args if a.startswith("--io-scheduling=")]
-    return given[-1] if given else Settings().io_scheduling
+    """The --io-scheduling the servers run with: their flags (and MDN_* variables), read as they read them."""
+    return parse_settings(server_args).io_scheduling
 
 
 def _device(server_args: list[str]) -> str:
