@@ -215,3 +215,29 @@ def test_the_bench_reads_the_servers_io_scheduling_from_their_flags():
     assert _io_policy(["--device", "cpu"]) == "batch"
     assert _io_policy(["--io-scheduling", "normal", "--device", "cpu"]) == "normal"
     assert _io_policy(["--io-scheduling", "normal", "--io-scheduling=batch"]) == "batch"
+
+
+def test_the_bench_counts_answers_not_refusals_as_throughput(monkeypatch):
+    """A point where our server refused nine requests in ten: its throughput, ratio to the no-op server
+    and latency are those of the answers, and the report names the refusals with their first message."""
+    from mdn_serve.tools.bench import report, run
+    from mdn_serve.tools.bench.points import Point
+
+    def result(ok: int, refused: int, ok_ms: float) -> loadtest.LoadResult:
+        codes = {"OK": ok, **({"RESOURCE_EXHAUSTED": refused} if refused else {})}
+        every = {"p50": 1.0 if refused else ok_ms, "p90": ok_ms, "p99": ok_ms, "max": ok_ms, "mean": ok_ms}
+        first = {"RESOURCE_EXHAUSTED": "the queue is 1.2 s behind"} if refused else {}
+        return loadtest.LoadResult(
+            config={}, seconds=2.0, requests=ok + refused, rows=ok * 64, requests_per_second=(ok + refused) / 2.0,
+            rows_per_second=ok * 64 / 2.0, latency_ms=every, answered_latency_ms={"p50": ok_ms, "p99": ok_ms},
+            codes=codes, first_errors=first, answered_requests_per_second=ok / 2.0,
+        )  # fmt: skip
+
+    answers = iter([result(20, 180, 30.0), result(100, 0, 2.0)])  # ours, then the no-op server
+    monkeypatch.setattr(run, "load", lambda *args: next(answers))
+    entry = run.measure("ours", "noop", "m", Point("predict", 64, 32), 2.0, ({}, 2), repeats=1)
+    assert entry["vs_noop_requests"] == pytest.approx(0.2)  # 10 answered/s against 50, not 100 against 50
+    assert report.answered(entry["ours"]) == (10.0, {"p50": 30.0, "p99": 30.0})
+    text = "\n".join(report._table([entry]))
+    assert "| 10 | 640 | 30.00 | 30.00 | 50 | 0.20 |" in text
+    assert "180 (RESOURCE_EXHAUSTED 180)" in text and "RESOURCE_EXHAUSTED: the queue is 1.2 s behind" in text

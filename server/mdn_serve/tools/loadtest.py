@@ -80,8 +80,8 @@ class LoadResult:
     seconds: float
     requests: int
     rows: int
-    requests_per_second: float
-    rows_per_second: float
+    requests_per_second: float  # every request sent within the window, refused or failed ones too
+    rows_per_second: float  # rows of the requests answered OK
     latency_ms: dict[str, float]  # every request, refused or failed ones too
     answered_latency_ms: dict[str, float]  # the requests answered OK only
     codes: dict[str, int] = field(default_factory=dict)
@@ -89,6 +89,7 @@ class LoadResult:
     first_error: str = ""  # "CODE: details" of the first failed request, to say what went wrong
     first_errors: dict[str, str] = field(default_factory=dict)  # status code -> details of its first request
     answered_rows_per_second: float = 0.0  # rows of OK answers that arrived within the window, per second
+    answered_requests_per_second: float = 0.0  # requests sent within the window and answered OK, per second
 
     @property
     def errors(self) -> int:
@@ -243,6 +244,7 @@ async def run_load(
         first_error=recorder.first_error,
         first_errors=recorder.first_errors,
         answered_rows_per_second=recorder.answered_in_window * config.batch / seconds if seconds > 0 else 0.0,
+        answered_requests_per_second=recorder.codes["OK"] / seconds if seconds > 0 else 0.0,
     )
 
 

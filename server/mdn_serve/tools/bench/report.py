@@ -8,6 +8,22 @@ from typing import Any
 import numpy as np
 
 
+def answered(result: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """One load result's requests answered OK per second and their latency percentiles: a refusal is
+    no throughput, and its quick answer no latency of the service. (Reports written before these
+    fields: every request.)"""
+    rate = result.get("answered_requests_per_second", result["requests_per_second"])
+    latency = result.get("answered_latency_ms", result["latency_ms"])  # {} when nothing was answered
+    return rate, latency
+
+
+def _errors(codes: dict[str, int], ok: str) -> str:
+    """The requests not answered `ok`, with their status codes: `0`, or `2244 (RESOURCE_EXHAUSTED 2244)`."""
+    failed = {code: n for code, n in sorted(codes.items()) if code != ok}
+    total = sum(failed.values())
+    return f"{total} ({', '.join(f'{c} {n}' for c, n in failed.items())})" if total else "0"
+
+
 def _find(results: list[dict[str, Any]], rpc: str, batch: int, concurrency: int) -> dict[str, Any] | None:
     for entry in results:
         p = entry["point"]
@@ -40,7 +56,8 @@ def targets(
     ]
     check("Predict batch 1024: rows/s vs in-process ONNX Runtime (1 thread)", max(best_1024, default=None), ">=", 0.6)
     modes, predict = _find(results, "modes", 1024, 1), _find(results, "predict", 1024, 1)
-    ratio = modes["ours"]["latency_ms"]["p50"] / predict["ours"]["latency_ms"]["p50"] if modes and predict else None
+    p50s = [answered(e["ours"])[1].get("p50") for e in (modes, predict) if e]
+    ratio = p50s[0] / p50s[1] if len(p50s) == 2 and p50s[0] and p50s[1] else None
     check("Modes batch 1024: p50 latency vs Predict batch 1024 (1 client)", ratio, "<=", 3.0)
     if overload:
         name = f"Modes batch {overload['batch']} at {overload['factor']:g}x capacity: goodput vs capacity"
@@ -55,23 +72,29 @@ def targets(
 def _table(entries: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| load | ours req/s | ours rows/s | p50 | p99 | no-op req/s | vs no-op | ORT rows/s, 1 thread | vs ORT "
-        "| errors |",
+        "| not OK |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
-        o, n = e["ours"], e["noop"]
+        (rate, latency), (noop_rate, _) = answered(e["ours"]), answered(e["noop"])
         ort_rows = e.get("ort_rows_per_second_1_thread")
         ort_text = f"{ort_rows:.0f} | {e['vs_ort_rows_1_thread']:.2f}" if ort_rows else "- | -"
-        errors = sum(v for k, v in o["codes"].items() if k != "OK")
         ratios = e["repeat_ratios"]
         vs_noop = f"{e['vs_noop_requests']:.2f}" + (
             f" ({', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
         )
         lines.append(
-            f"| {e['label']} | {o['requests_per_second']:.0f} | {o['rows_per_second']:.0f} | "
-            f"{o['latency_ms'].get('p50', 0):.2f} | {o['latency_ms'].get('p99', 0):.2f} | "
-            f"{n['requests_per_second']:.0f} | {vs_noop} | {ort_text} | {errors} |"
+            f"| {e['label']} | {rate:.0f} | {e['ours']['rows_per_second']:.0f} | "
+            f"{latency.get('p50', 0):.2f} | {latency.get('p99', 0):.2f} | "
+            f"{noop_rate:.0f} | {vs_noop} | {ort_text} | {_errors(e['ours']['codes'], 'OK')} |"
         )
+    refused = [e for e in entries if any(code != "OK" for code in e["ours"]["codes"])]
+    if refused:
+        lines += ["", "Requests, rows and latencies count the answers OK only. Not OK, the first message of each code:"]
+        lines += [
+            f"- {e['label']}: " + "; ".join(f"{c}: {m}" for c, m in e["ours"].get("first_errors", {}).items())
+            for e in refused
+        ]
     return lines
 
 
@@ -103,21 +126,19 @@ def render(report: dict[str, Any]) -> str:
             "Open Inference Protocol over HTTP/REST (the mixture), against a no-op aiohttp server answering "
             "with a canned body of the same size, right after ours:",
             "",
-            "| load | ours req/s | ours rows/s | p50 | p99 | no-op req/s | vs no-op | errors |",
+            "| load | ours req/s | ours rows/s | p50 | p99 | no-op req/s | vs no-op | not 200 |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for e in report["http_results"]:
-            o, n = e["ours"], e["noop"]
-            errors = sum(v for k, v in o["codes"].items() if k != "200")
+            (rate, latency), (noop_rate, _) = answered(e["ours"]), answered(e["noop"])
             lines.append(
-                f"| {e['label']} | {o['requests_per_second']:.0f} | {o['requests_per_second'] * e['batch']:.0f} | "
-                f"{o['latency_ms'].get('p50', 0):.2f} | "
-                f"{o['latency_ms'].get('p99', 0):.2f} | {n['requests_per_second']:.0f} | "
-                f"{e['vs_noop_requests']:.2f} | {errors} |"
+                f"| {e['label']} | {rate:.0f} | {rate * e['batch']:.0f} | {latency.get('p50', 0):.2f} | "
+                f"{latency.get('p99', 0):.2f} | {noop_rate:.0f} | {e['vs_noop_requests']:.2f} | "
+                f"{_errors(e['ours']['codes'], '200')} |"
             )
     traced, headline = report.get("traced_result"), _find(report["results"], "predict", 1, 32)
     if traced and headline:
-        on, off = traced["ours"]["requests_per_second"], headline["ours"]["requests_per_second"]
+        on, off = answered(traced["ours"])[0], answered(headline["ours"])[0]
         lines += [
             "",
             f"Tracing: {traced['label']} on a server tracing every request (spans exported over OTLP to a local "
@@ -198,7 +219,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             if not pts:
                 continue
             xs = [e[who]["rows_per_second"] for e in pts]
-            ys = [e[who]["latency_ms"].get("p99", np.nan) for e in pts]
+            ys = [answered(e[who])[1].get("p99", np.nan) for e in pts]
             ax.scatter(xs, ys, marker=marker, color=color, label=f"{'mdn-serve' if who == 'ours' else 'no-op'} {rpc}")
     ax.set(xscale="log", yscale="log", xlabel="rows/s", ylabel="p99 latency (ms)", title="Latency against throughput")
     ax.legend(fontsize="small")

@@ -56,10 +56,11 @@ def load(target: str, model: str, point: Point, seconds: float, info: Info) -> L
 
 
 def _pair(ours: str, noop: str, model: str, point: Point, seconds: float, info: Info) -> dict[str, Any]:
-    """Our server, then the no-op server, back to back: both see the machine in the same state."""
+    """Our server, then the no-op server, back to back: both see the machine in the same state. The ratio
+    counts the requests answered OK: a refusal is no throughput, however fast it comes back."""
     mine = load(ours, model, point, seconds, info)
     theirs = load(noop, model, point, seconds, info)
-    ratio = mine.requests_per_second / max(theirs.requests_per_second, 1e-9)
+    ratio = mine.answered_requests_per_second / max(theirs.answered_requests_per_second, 1e-9)
     return {"ours": asdict(mine), "noop": asdict(theirs), "vs_noop_requests": ratio}
 
 
