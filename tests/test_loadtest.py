@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -241,3 +242,43 @@ def test_the_bench_counts_answers_not_refusals_as_throughput(monkeypatch):
     text = "\n".join(report._table([entry]))
     assert "| 10 | 640 | 30.00 | 30.00 | 50 | 0.20 |" in text
     assert "180 (RESOURCE_EXHAUSTED 180)" in text and "RESOURCE_EXHAUSTED: the queue is 1.2 s behind" in text
+
+
+def test_backoff_waits_grow_with_refusals_in_a_row_and_stay_bounded():
+    import random
+
+    jitter = random.Random(0)
+    for refused in range(1, 40):
+        ceiling = min(loadtest.MAX_BACKOFF, 0.010 * 2 ** (refused - 1))
+        waits = [loadtest.backoff_seconds(10.0, refused, jitter) for _ in range(200)]
+        assert min(waits) >= 0.0 and max(waits) <= ceiling
+        assert max(waits) > 0.5 * ceiling  # spread over the whole range, not stuck near 0
+    a, b = random.Random(7), random.Random(7)
+    first, second = ([loadtest.backoff_seconds(10.0, 3, r) for _ in range(5)] for r in (a, b))
+    assert first == second  # seeded: a rerun waits the same
+
+
+@pytest.mark.parametrize("backoff_ms, most, least", [(0.0, None, 200), (100.0, 30, 1)])
+def test_closed_loop_clients_back_off_after_refusals_only_when_asked(monkeypatch, backoff_ms, most, least):
+    """Against a sender that refuses everything: without --backoff-ms each client sends again at once;
+    with it, a client refused n times in a row waits up to 100 ms x 2^(n-1) first."""
+
+    class Refusing:
+        def __init__(self, config, payloads):
+            pass
+
+        async def ready(self):
+            pass
+
+        async def send(self, i):
+            await asyncio.sleep(0)
+            return "RESOURCE_EXHAUSTED", "the queue is full"
+
+        async def close(self):
+            pass
+
+    monkeypatch.setattr(loadtest, "GrpcSender", Refusing)
+    config = loadtest.LoadConfig(concurrency=4, duration=0.6, warmup=0.0, input_dim=2, backoff_ms=backoff_ms)
+    result = asyncio.run(loadtest.run_load(config))
+    assert result.codes == {"RESOURCE_EXHAUSTED": result.requests}
+    assert result.requests >= least and (most is None or result.requests <= most)

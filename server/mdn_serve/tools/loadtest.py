@@ -1,6 +1,9 @@
 """A load generator for mdn-serve (mdn.v1 or the Open Inference Protocol, over gRPC or HTTP): `mdn-loadtest`.
 
-Closed loop: N clients, each sends its next request when the last one returns. Open loop:
+Closed loop: N clients, each sends its next request when the last one returns (with
+`--backoff-ms`, a client whose request was refused, RESOURCE_EXHAUSTED or UNAVAILABLE, first waits
+a random time up to that, doubling with each refusal in a row up to MAX_BACKOFF, as the server's
+refusals ask; without it, at once, the worst case for the server). Open loop:
 requests leave at a fixed rate whatever happens, and latency is measured from each request's
 scheduled send time, so a server stall shows up as latency instead of being hidden by a
 client that waited. Every run is bounded by a duration and a request count.
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import json
 import math
+import random
 import sys
 import time
 from collections import Counter
@@ -46,6 +50,8 @@ PROTOCOLS = ("mdn", "oip", "oip-http")
 MAX_DURATION = 3600.0
 DISTINCT_INPUTS = 16  # requests cycle through this many pre-encoded payloads
 MAX_OUTSTANDING = 10_000  # open loop: sends in flight before the client counts itself saturated
+RETRYABLE = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE"})  # refusals a closed-loop client backs off from
+MAX_BACKOFF = 1.0  # seconds: the longest wait a run of refusals grows to
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class LoadConfig:
     num_samples: int = 100
     concurrency: int = 16  # closed loop: clients in flight
     rate: float = 0.0  # open loop when > 0: requests per second
+    backoff_ms: float = 0.0  # closed loop: after a refusal, wait up to this (doubling per refusal in a row)
     duration: float = 10.0
     max_requests: int = 10_000_000
     warmup: float = 1.0  # seconds of load before measuring
@@ -153,20 +160,26 @@ async def run_load(
     stop_at = math.inf
     skipped = 0
 
-    async def one(i: int, scheduled: float) -> None:
+    async def one(i: int, scheduled: float) -> str:
         code, detail = await sender.send(i)
         recorder.record(scheduled, time.perf_counter() - scheduled, code, detail)
+        return code
 
     async def closed_client(worker: int) -> None:
         nonlocal sent
+        jitter = random.Random(config.seed * 1_000_003 + worker)
+        refused = 0  # refusals in a row
         while time.perf_counter() < stop_at and sent < config.max_requests:
             sent += 1
-            await one(sent + worker, time.perf_counter())
+            code = await one(sent + worker, time.perf_counter())
+            refused = refused + 1 if code in RETRYABLE else 0
+            if refused and config.backoff_ms > 0:
+                await asyncio.sleep(backoff_seconds(config.backoff_ms, refused, jitter))
 
     async def open_loop() -> None:
         nonlocal sent, skipped
         interval = 1.0 / config.rate
-        outstanding: set[asyncio.Task[None]] = set()
+        outstanding: set[asyncio.Task[str]] = set()
         start = time.perf_counter()
         i = 0
         while sent < config.max_requests:
@@ -248,6 +261,14 @@ async def run_load(
     )
 
 
+def backoff_seconds(backoff_ms: float, refused: int, jitter: random.Random) -> float:
+    """How long a closed-loop client waits after `refused` refusals in a row: uniform up to backoff_ms,
+    doubled per refusal in a row, at most MAX_BACKOFF ("full jitter": clients refused together do not
+    come back together)."""
+    ceiling = min(MAX_BACKOFF, backoff_ms / 1000.0 * 2.0 ** min(refused - 1, 30))
+    return jitter.uniform(0.0, ceiling)
+
+
 def format_result(r: LoadResult) -> str:
     c = r.config
     mode = f"open loop at {c['rate']:g} req/s" if c["rate"] > 0 else f"closed loop, {c['concurrency']} clients"
@@ -292,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="samples per row for --rpc sample")
     p.add_argument("--concurrency", type=int, default=d.concurrency, help="closed loop: clients in flight")
     p.add_argument("--rate", type=float, default=d.rate, help="open loop: requests per second (0: closed loop)")
+    p.add_argument("--backoff-ms", type=float, default=d.backoff_ms,
+                   help="closed loop: after a refusal (RESOURCE_EXHAUSTED, UNAVAILABLE) wait a random time up to "
+                        "this, doubling per refusal in a row up to 1 s (0: send again at once)")  # fmt: skip
     p.add_argument("--duration", type=float, default=d.duration, help="seconds measured, after --warmup")
     p.add_argument("--warmup", type=float, default=d.warmup, help="seconds of load before measuring")
     p.add_argument("--max-requests", type=int, default=d.max_requests, help="stop after this many requests")
@@ -325,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--concurrency must be >= 1")
     if args.rate < 0:
         problems.append("--rate must be >= 0")
+    if args.backoff_ms < 0:
+        problems.append("--backoff-ms must be >= 0")
     if not 0 < args.duration <= MAX_DURATION:
         problems.append(f"--duration must be in (0, {MAX_DURATION:.0f}] seconds")
     if args.max_requests < 1:

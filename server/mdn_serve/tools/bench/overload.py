@@ -20,6 +20,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+from mdn_serve.tools.bench.points import CLIENT_BACKOFF_MS
 from mdn_serve.tools.loadtest import LoadConfig, run_load
 
 OVERLOAD_BATCH = 512
@@ -30,8 +31,9 @@ QUEUE_BUDGET_SECONDS = 1.0  # mdn-serve's default --max-queue-seconds, which the
 
 
 def measure_overload(target: str, model: str, seconds: float, info: tuple[dict[str, Any], int]) -> dict[str, Any]:
+    # The closed loops back off after a refusal as make bench's other clients do; the open loop never waits.
     base = LoadConfig(target=target, model=model, rpc="modes", batch=OVERLOAD_BATCH, duration=seconds, warmup=0.5,
-                      timeout=10.0)  # fmt: skip
+                      timeout=10.0, backoff_ms=CLIENT_BACKOFF_MS)  # fmt: skip
     unloaded = asyncio.run(run_load(replace(base, concurrency=1), model_info=info))
     capacity = asyncio.run(run_load(replace(base, concurrency=CAPACITY_CLIENTS), model_info=info))
     # What the server answered, not what it was sent: a refusal in the capacity run is no capacity.

@@ -90,7 +90,7 @@ def _table(entries: list[dict[str, Any]]) -> list[str]:
         )
     refused = [e for e in entries if any(code != "OK" for code in e["ours"]["codes"])]
     if refused:
-        lines += ["", "Requests, rows and latencies count the answers OK only. Not OK, the first message of each code:"]
+        lines += ["", "Not answered OK, with the first message of each code:"]
         lines += [
             f"- {e['label']}: " + "; ".join(f"{c}: {m}" for c, m in e["ours"].get("first_errors", {}).items())
             for e in refused
@@ -109,7 +109,9 @@ def render(report: dict[str, Any]) -> str:
         f"Server and load generator share the machine ({report['placement']}); each point runs our server, "
         "then the no-op server "
         f"right after it. Predict batch 1 with 32 clients is measured {report['repeats']} times (the median "
-        "ratio is shown). Latency in ms.",
+        "ratio is shown). Requests, rows and latencies count the answers OK; a closed-loop client refused "
+        f"waits up to {report.get('client_backoff_ms', 0):g} ms before it sends again (doubling per refusal in a "
+        "row). Latency in ms.",
         "",
         *_table(report["results"]),
     ]

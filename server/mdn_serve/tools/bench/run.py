@@ -32,7 +32,7 @@ from mdn_serve.tools.bench.ceilings import Placement, _serve_noop, canned_respon
 from mdn_serve.tools.bench.http import HTTP_POINTS, HttpPoint, bodies, canned_answers, measure_http, serve_noop_http
 from mdn_serve.tools.bench.ik import IK_BATCHES, IK_MODEL, measure_ik
 from mdn_serve.tools.bench.overload import OVERLOAD_BATCH, OVERLOAD_FACTOR, measure_overload
-from mdn_serve.tools.bench.points import HEADLINE, Point
+from mdn_serve.tools.bench.points import CLIENT_BACKOFF_MS, HEADLINE, Point
 from mdn_serve.tools.bench.report import targets
 from mdn_serve.tools.bench.servers import start_server
 from mdn_serve.tools.loadtest import LoadConfig, LoadResult, run_load
@@ -51,6 +51,7 @@ def load(target: str, model: str, point: Point, seconds: float, info: Info) -> L
         duration=seconds,
         warmup=min(0.5, seconds / 2),
         timeout=60.0,
+        backoff_ms=CLIENT_BACKOFF_MS,
     )
     return asyncio.run(run_load(config, model_info=info))
 
@@ -196,6 +197,7 @@ def _run_bench(
         "seconds_per_point": seconds,
         "repeats": repeats,
         "server_args": server_args,
+        "client_backoff_ms": CLIENT_BACKOFF_MS,
         "tuned_server_args": tuned_args if tuned else None,
         "start_to_serving_seconds": start_seconds,
         "rss_mb_after_start": rss_start,
