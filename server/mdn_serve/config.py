@@ -120,8 +120,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--inter-op-threads", int, "ONNX Runtime inter-op threads; 0 for its default")
     add("--compute-threads", int, "threads running big batches off the event loop; 0: one per CPU, at most 2")
     add("--io-scheduling", str, "Linux scheduling policy of every thread but the compute threads: batch lets a "
-        "busy compute thread finish its time slice before the event loop takes in new calls (more of an overloaded "
-        "CPU goes to answers); normal: the system's default for all", choices=IO_POLICIES)  # fmt: skip
+        "busy compute thread finish its time slice before the event loop takes in new calls (for an overloaded CPU: "
+        "more of it to answers); normal: the system's default for all", choices=IO_POLICIES)  # fmt: skip
     add("--max-rows", int, "largest batch (rows) per request")
     add("--max-samples", int, "largest rows x num_samples per Sample request")
     add("--max-ik-seeds", int, "largest targets x seeds (mixture components, draws, seed_state) per IK request")

@@ -8,10 +8,11 @@ thread kept 0.66-0.68 of it (0.90 at capacity) and the event loop and gRPC took 
 
 With --io-scheduling batch (the default) every thread but the compute threads runs under
 SCHED_BATCH: a woken I/O thread does not preempt a running compute thread but waits for its time
-slice to end (a few milliseconds), then takes in every call that arrived meanwhile in one go. The
-fair scheduler still shares the CPU between them (a SCHED_BATCH thread is not starved), and where
-a CPU is idle an I/O thread runs at once: this changes nothing while the server has CPU to spare.
-`make bench` measures the overload point with both settings.
+slice to end (a few milliseconds). The fair scheduler still shares the CPU between them (a
+SCHED_BATCH thread is not starved), and where a CPU is idle an I/O thread runs at once: this
+changes nothing while the server has CPU to spare.
+`make bench` measures the overload point with both settings: on some days it gains goodput under
+overload, on others it makes no difference (the README gives both).
 
 The policy is inherited by the threads a thread creates. `use_io_policy` is called on the main
 thread before the event loop, gRPC or ONNX Runtime start any; compute threads, and the threads

@@ -9,12 +9,9 @@ import numpy as np
 
 
 def answered(result: dict[str, Any]) -> tuple[float, dict[str, float]]:
-    """One load result's requests answered OK per second and their latency percentiles: a refusal is
-    no throughput, and its quick answer no latency of the service. (Reports written before these
-    fields: every request.)"""
-    rate = result.get("answered_requests_per_second", result["requests_per_second"])
-    latency = result.get("answered_latency_ms", result["latency_ms"])  # {} when nothing was answered
-    return rate, latency
+    """One load result's requests answered OK per second and their latency percentiles ({} when none
+    was): a refusal is no throughput, and its quick answer no latency of the service."""
+    return result["answered_requests_per_second"], result["answered_latency_ms"]
 
 
 def _errors(codes: dict[str, int], ok: str) -> str:
@@ -56,8 +53,10 @@ def targets(
     ]
     check("Predict batch 1024: rows/s vs in-process ONNX Runtime (1 thread)", max(best_1024, default=None), ">=", 0.6)
     modes, predict = _find(results, "modes", 1024, 1), _find(results, "predict", 1024, 1)
-    p50s = [answered(e["ours"])[1].get("p50") for e in (modes, predict) if e]
-    ratio = p50s[0] / p50s[1] if len(p50s) == 2 and p50s[0] and p50s[1] else None
+    ratio = None
+    if modes and predict:
+        modes_p50, predict_p50 = (answered(e["ours"])[1].get("p50") for e in (modes, predict))
+        ratio = modes_p50 / predict_p50 if modes_p50 and predict_p50 else None
     check("Modes batch 1024: p50 latency vs Predict batch 1024 (1 client)", ratio, "<=", 3.0)
     if overload:
         name = f"Modes batch {overload['batch']} at {overload['factor']:g}x capacity: goodput vs capacity"
@@ -110,7 +109,7 @@ def render(report: dict[str, Any]) -> str:
         "then the no-op server "
         f"right after it. Predict batch 1 with 32 clients is measured {report['repeats']} times (the median "
         "ratio is shown). Requests, rows and latencies count the answers OK; a closed-loop client refused "
-        f"waits up to {report.get('client_backoff_ms', 0):g} ms before it sends again (doubling per refusal in a "
+        f"waits up to {report['client_backoff_ms']:g} ms before it sends again (doubling per refusal in a "
         "row). Latency in ms.",
         "",
         *_table(report["results"]),
