@@ -14,6 +14,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from mdn_core.climb import MixtureSearch
 from mdn_core.mixture import log_density
 from mdn_core.modes import mixture_modes
 
@@ -376,3 +377,17 @@ class _Counted:
     def __call__(self, *args, **kwargs):
         self.rows += len(args[0])
         return self.function(*args, **kwargs)
+
+
+def test_a_climb_stops_at_the_known_mode_nearest_in_radii_and_only_at_its_own_rows():
+    # Two rows of one mixture (peaks at -3 and +3). Row 0 knows both peaks, row 1 only the one at
+    # +3 (its table padded with -1); known mode 2 has a radius too small to reach from 2.5.
+    w, m, s = np.array([[0.5, 0.5]] * 2), np.array([[[-3.0], [3.0]]] * 2), np.ones((2, 2, 1))
+    mix = MixtureSearch.of(w, m, s, np.ones((2, 1)))
+    table = np.array([[0, 1], [2, -1]])
+    points, radius = np.array([[-3.0], [3.0], [3.0]]), np.array([0.5, 0.5, 1e-9])
+    x = np.array([[-3.3], [3.3], [3.3], [-3.3]])
+    row = np.array([0, 0, 1, 1])
+    ends, caught = mix.climb(x, row, np.full((4, 1), 1e-6), 500, (table, points, radius), cap=0.01)
+    assert caught.tolist() == [0, 1, -1, -1]  # row 1: the radius of 2 is not reached; -3 is not known there
+    np.testing.assert_allclose(ends[2:, 0], [3.0, -3.0], atol=1e-4)  # they climbed to the peaks instead
