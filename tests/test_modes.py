@@ -391,3 +391,28 @@ def test_a_climb_stops_at_the_known_mode_nearest_in_radii_and_only_at_its_own_ro
     ends, caught = mix.climb(x, row, np.full((4, 1), 1e-6), 500, (table, points, radius), cap=0.01)
     assert caught.tolist() == [0, 1, -1, -1]  # row 1: the radius of 2 is not reached; -3 is not known there
     np.testing.assert_allclose(ends[2:, 0], [3.0, -3.0], atol=1e-4)  # they climbed to the peaks instead
+
+
+def test_peaks_far_narrower_than_their_distance_from_the_origin_are_found():
+    # Found by fuzzing: means near 8854.8, scales down to 5e-6. There NEWTON_TOL of the finest scale
+    # (5e-13) is under float64's resolution (1.8e-12): polishing must stop at rounding instead of
+    # waiting for a step it cannot take (it used to, and returned no mode at all).
+    w = np.array([2.218e-4, 1.306e-3, 0.8023, 4.503e-3, 4.981e-4, 0.1579, 4.936e-4, 3.280e-2])
+    m = np.array([8854.8193359375, 8854.8193359375, 8854.814453125, 8854.8115234375, 8854.8154296875,
+                  8854.814453125, 8854.8193359375, 8854.814453125])  # fmt: skip
+    s = np.array([4.937e-6, 1.690e-5, 1.381e-3, 3.497e-3, 2.424e-3, 7.104e-3, 2.993e-5, 3.458e-5])
+    w /= w.sum()
+    found = mixture_modes(w[None], m[None, :, None], s[None, :, None])
+    # The reference: the density on a grid of 1e-7 and the probability between its minima.
+    x = np.arange(8854.80, 8854.83, 1e-7)
+    p = np.sum(w[:, None] * np.exp(-0.5 * ((x - m[:, None]) / s[:, None]) ** 2) / s[:, None], axis=0)
+    peaks = np.flatnonzero((p[1:-1] > p[:-2]) & (p[1:-1] >= p[2:])) + 1
+    cuts = np.concatenate([[0], np.flatnonzero((p[1:-1] < p[:-2]) & (p[1:-1] <= p[2:])) + 1, [len(x)]])
+    share = np.add.reduceat(p, cuts[:-1]) / p.sum()
+    true_mass = share[np.searchsorted(cuts, peaks, side="right") - 1]
+    big = true_mass >= 1e-3
+    n = found.num_modes[0]
+    assert n == np.count_nonzero(big) >= 2
+    order = np.argsort(found.modes[0, :n, 0])
+    np.testing.assert_allclose(found.modes[0, order, 0], x[peaks[big]], rtol=0, atol=1e-3)  # float32's rounding
+    np.testing.assert_allclose(found.mass[0, order], true_mass[big], atol=0.01)

@@ -17,6 +17,7 @@ CAP = 1.0  # a climbing step is at most this many local scales long
 FLOW_TIME = 0.5  # a flow step moves the slowest axis at most 1 - exp(-FLOW_TIME) of its way
 NEWTON_TOL = 1e-7  # polishing stops when a Newton step is below this fraction of the finest scale
 NEWTON_STEPS = 60
+ROUNDING = 16 * float(np.finfo(np.float64).eps)  # a step this fraction of |x| is float64 rounding
 DIP_POINTS = 7  # density checks on the segment between two nearby modes
 _FEW_STARTS = 64
 _STEPS_PER_GATHER = 8
@@ -186,7 +187,9 @@ class MixtureSearch:
             xa = x[active]
             log_p, grad, hess, fixed, diag = self.local(xa, b)
             newton = _newton_steps(hess, grad, diag)
-            unit = self.unit[b]
+            # NEWTON_TOL of the finest scale, unless that is below float64's resolution at x (a
+            # scale under 3.6e-8 of the coordinates): then ROUNDING of |x|, as close as steps get.
+            unit = np.maximum(self.unit[b], np.abs(xa) * (ROUNDING / NEWTON_TOL))
             # A Newton step, halved up to twice until it climbs, else the fixed-point step (which
             # never lowers p). Converged: the Newton step is below NEWTON_TOL, or (at the very top of a
             # flat peak, where the curvature vanishes to rounding and Newton fails) the fixed-point step.
