@@ -18,8 +18,7 @@ How `mixture_modes` works, per row:
    one grid cell (CELL of the row's finest searched scale) are one candidate.
 2. Polish: Newton steps on log p with the exact Hessian (halved, or a fixed-point step, wherever
    a Newton step would not climb) until the Newton step is below NEWTON_TOL of the finest scale
-   (or, where the scale is so fine against the coordinates that this is under float64's
-   resolution, below climb.ROUNDING of them).
+   (or of |x| times climb.ROUNDING / NEWTON_TOL, where that is larger: float64's resolution).
    Near a flat-topped peak the fixed point crawls (its rate tends to 1) while Newton converges. A
    candidate that does not converge, or where the Hessian has a positive eigenvalue (a saddle),
    is not a mode: its points go to the nearest mode.
