@@ -7,7 +7,7 @@ mixtures drawn as tests/test_modes.py draws them (the README's and mdn_core.mode
 Against grid-integrated basins (steepest ascent on a grid, as the test; its chains take one of the
 grid's eight directions, which moves a mass by up to about 0.09), or with --flow against the
 gradient flow from a quadrature of every component (FLOW_CELLS ** 2 cells of equal probability
-each; tests.test_modes.flow_basins), whose own error is about a thousandth. Flat-topped mixtures
+each; tests.mode_references.flow_basins), whose own error is about a thousandth. Flat-topped mixtures
 are left out of the flow reference (its ascents end anywhere on a flat top).
 """
 
@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 from mdn_core.modes import mixture_modes
 
-from tests.test_modes import compare, flat_topped, flow_basins, random_mixtures
+from tests.mode_references import compare, flat_topped, flow_basins, random_mixtures
 
 FLOW_CELLS = 64
 GRID_STEP = 2e-2

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mdn_core.dominance import TAIL, chi_square_tail, dominant, ellipsoid_radius
 
-from tests.test_modes import grid_basins, steepest_ascent
+from tests.mode_references import grid_basins, steepest_ascent
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 4, 7, 12])

@@ -255,17 +255,14 @@ class _Near:
 
     def capture(self, xt: FloatArray) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
         """For points xt (D, P): whether each is within a known mode's radius, and which (the nearest
-        in radii). One axis at a time over (W, P) arrays: a 7-joint arm's rows know a dozen modes
-        or more, and a loop over them would cost W x D numpy calls per check."""
-        if not self.mode.shape[0]:
-            return np.zeros(xt.shape[1], dtype=bool), np.full(xt.shape[1], -1, dtype=np.intp)
+        in radii; meaningful where within). One axis at a time over (W, P) arrays: a 7-joint arm's
+        rows know a dozen modes or more, and a loop over them would cost W x D numpy calls per check."""
         gap = functools.reduce(np.add, [np.square(c - x) for c, x in zip(self.coords, xt, strict=True)])
         gap *= self.inverse
         gap[~self.valid] = np.inf
         slot = np.argmin(gap, axis=0)  # the first of equals, as known modes are listed
         column = np.arange(xt.shape[1])
-        best = gap[slot, column]
-        return best < 1.0, np.where(np.isfinite(best), self.mode[slot, column], -1)
+        return gap[slot, column] < 1.0, self.mode[slot, column]
 
 
 @dataclass(frozen=True)
